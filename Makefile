@@ -1,0 +1,32 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= run/demo
+
+.PHONY: demo test experiment experiment-quick bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,experiment]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py --output_dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+experiment: $(STAMP)
+	$(BIN)/python tools/experiment.py $(ARGS)
+
+experiment-quick: $(STAMP)
+	$(BIN)/python tools/experiment.py --quick $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/moving_average.py
+	$(BIN)/python bench/averaging.py
+
+clean:
+	rm -rf run .pytest_cache

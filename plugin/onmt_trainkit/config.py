@@ -1,0 +1,277 @@
+"""Validation of the YAML keys the plugin reads, and the schedule they describe.
+
+The ``params`` keys, stock OpenNMT-tf first:
+
+=========================  ===============================================================
+``learning_rate``          the base rate, or the first argument of the schedule (> 0)
+``decay_type``             a schedule name: Keras's, OpenNMT-tf's or this package's
+``decay_params``           the schedule's arguments; a length may be ``max_step``
+``start_decay_steps``      hold the schedule at S(0) for this many steps (>= 0)
+``decay_step_duration``    training steps per schedule step (>= 1)
+``minimum_learning_rate``  the floor after the warmup (>= 0)
+``warmup_steps``           new: linear warmup length W in front of any schedule (>= 0)
+``warmup_learning_rate``   new: the rate at step 0 of the warmup (>= 0)
+=========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import opennmt
+import tensorflow as tf
+
+from onmt_trainkit import schedules
+from onmt_trainkit.errors import ConfigError, check_number, invalid, unknown_name
+from onmt_trainkit.moving_average import check_decay
+
+MAX_STEP = "max_step"
+"""The value that a schedule length may take to mean "until the end of training"."""
+
+LENGTH_KEYS = ("decay_steps", "first_decay_steps", "total_steps", "max_step")
+"""The ``decay_params`` keys that may be written as ``max_step``."""
+
+_positive = dict(minimum=0, min_inclusive=False)
+_positive_int = dict(minimum=0, min_inclusive=False, integer=True)
+_non_negative = dict(minimum=0)
+_fraction = dict(minimum=0, maximum=1)
+
+# Bounds on the arguments of the Keras schedules, which do not check them.
+_KERAS_BOUNDS: dict[str, dict[str, dict[str, Any]]] = {
+    "PolynomialDecay": {
+        "initial_learning_rate": _non_negative,
+        "decay_steps": _positive_int,
+        "end_learning_rate": _non_negative,
+        "power": _positive,
+    },
+    "CosineDecay": {
+        "initial_learning_rate": _non_negative,
+        "decay_steps": _positive_int,
+        "alpha": _fraction,
+        "warmup_target": _non_negative,
+        "warmup_steps": dict(minimum=0, integer=True),
+    },
+    "CosineDecayRestarts": {
+        "initial_learning_rate": _non_negative,
+        "first_decay_steps": _positive_int,
+        "t_mul": _positive,
+        "m_mul": _positive,
+        "alpha": _fraction,
+    },
+    "ExponentialDecay": {
+        "initial_learning_rate": _non_negative,
+        "decay_steps": _positive_int,
+        "decay_rate": _positive,
+    },
+    "InverseTimeDecay": {
+        "initial_learning_rate": _non_negative,
+        "decay_steps": _positive_int,
+        "decay_rate": _non_negative,
+    },
+}
+
+
+def _as_dict(key: str, value: Any) -> dict[str, Any]:
+    """Returns a plain copy of a mapping (Keras wraps a model's ``params`` in its own type)."""
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        return {k: value[k] for k in value.keys()}
+    raise invalid(key, value, "a mapping of names to values")
+
+
+def _keras_schedules() -> dict[str, type]:
+    module = tf.keras.optimizers.schedules
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if inspect.isclass(value)
+        and issubclass(value, schedules._Schedule)
+        and value is not schedules._Schedule
+    }
+
+
+def _opennmt_schedules() -> dict[str, type]:
+    return {
+        name: value
+        for name, value in vars(opennmt.schedules).items()
+        if inspect.isclass(value)
+        and issubclass(value, schedules._Schedule)
+        and value is not opennmt.schedules.ScheduleWrapper
+    }
+
+
+def schedule_names() -> list[str]:
+    """Returns every name ``decay_type`` accepts (besides user-registered ones)."""
+    return sorted({**_keras_schedules(), **_opennmt_schedules(), **schedules.SCHEDULES})
+
+
+def schedule_class(name: Any) -> type:
+    """Resolves ``decay_type`` as OpenNMT-tf does: Keras first, then the registry.
+
+    Raises:
+      ConfigError: if the name is unknown, listing the valid names and the closest one.
+    """
+    if not isinstance(name, str):
+        raise invalid("params.decay_type", name, "a schedule name (a string)")
+    keras = _keras_schedules()
+    if name in keras:
+        return keras[name]
+    if name in schedules.SCHEDULES:
+        return schedules.SCHEDULES[name]
+    try:
+        return opennmt.schedules.lr_schedules.get_lr_schedule_class(name)
+    except ValueError:
+        raise unknown_name("params.decay_type", name, schedule_names()) from None
+
+
+def _check_piecewise(args: Mapping[str, Any]) -> None:
+    boundaries, values = args.get("boundaries"), args.get("values")
+    if not isinstance(boundaries, (list, tuple)) or not boundaries:
+        raise invalid("decay_params.boundaries", boundaries, "a non-empty list of steps")
+    for a, b in zip(boundaries, boundaries[1:]):
+        if not b > a:
+            raise invalid("decay_params.boundaries", boundaries, "strictly increasing")
+    for boundary in boundaries:
+        check_number("decay_params.boundaries[]", boundary, minimum=0, integer=True)
+    if not isinstance(values, (list, tuple)) or len(values) != len(boundaries) + 1:
+        raise invalid(
+            "decay_params.values", values,
+            f"a list of {len(boundaries) + 1} rates (one more than boundaries)",
+        )
+    for value in values:
+        check_number("decay_params.values[]", value, minimum=0)
+
+
+def _constructor_arguments(cls: type) -> tuple[list[str], list[str]]:
+    """Returns (all argument names, required argument names) of ``cls.__init__``."""
+    signature = inspect.signature(cls.__init__)
+    names, required = [], []
+    for parameter in list(signature.parameters.values())[1:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        names.append(parameter.name)
+        if parameter.default is parameter.empty:
+            required.append(parameter.name)
+    return names, required
+
+
+def _remaining_steps(
+    key: str, params: Mapping[str, Any], max_step: int | None, warmup_steps: int
+) -> int:
+    """Resolves ``key: max_step`` to the schedule steps left after warmup and delay."""
+    if max_step is None:
+        raise ConfigError(
+            f"decay_params.{key} is 'max_step' but train.max_step is not set; "
+            "set train.max_step or give a number of steps"
+        )
+    check_number("train.max_step", max_step, minimum=0, min_inclusive=False, integer=True)
+    start = params.get("start_decay_steps", 0)
+    duration = params.get("decay_step_duration", 1)
+    remaining = (max_step - warmup_steps - start) // duration
+    if remaining < 1:
+        raise ConfigError(
+            f"decay_params.{key} is 'max_step' but no step is left to decay: "
+            f"(train.max_step {max_step} - params.warmup_steps {warmup_steps} "
+            f"- params.start_decay_steps {start}) // params.decay_step_duration {duration} "
+            f"= {remaining}; it must be >= 1"
+        )
+    return remaining
+
+
+def _schedule_arguments(
+    cls: type, params: Mapping[str, Any], max_step: int | None, warmup_steps: int
+) -> dict[str, Any]:
+    decay_params = params.get("decay_params")
+    args = {} if decay_params is None else _as_dict("params.decay_params", decay_params)
+    names, required = _constructor_arguments(cls)
+    for key in args:
+        if key not in names:
+            raise unknown_name("params.decay_params", key, names)
+    first = names[0]
+    if first not in args and params.get("learning_rate") is not None:
+        args[first] = params["learning_rate"]
+    for key, value in args.items():
+        if value == MAX_STEP:
+            if key not in LENGTH_KEYS:
+                raise invalid(
+                    f"decay_params.{key}", value,
+                    f"a number ('max_step' is accepted only for {', '.join(LENGTH_KEYS)})",
+                )
+            args[key] = _remaining_steps(key, params, max_step, warmup_steps)
+    missing = [name for name in required if name not in args]
+    if missing:
+        what = "params.learning_rate or decay_params." if missing[0] == first else "decay_params."
+        raise ConfigError(f"{what}{missing[0]} is required by {cls.__name__}")
+    for key, bounds in _KERAS_BOUNDS.get(cls.__name__, {}).items():
+        if args.get(key) is not None:
+            check_number(f"decay_params.{key}", args[key], **bounds)
+    if cls.__name__ == "PiecewiseConstantDecay":
+        _check_piecewise(args)
+    return args
+
+
+def _check_params(params: Mapping[str, Any]) -> None:
+    for key, bounds in (
+        ("learning_rate", _non_negative),
+        ("start_decay_steps", dict(minimum=0, integer=True)),
+        ("decay_step_duration", dict(minimum=1, integer=True)),
+        ("minimum_learning_rate", _non_negative),
+        ("warmup_steps", dict(minimum=0, integer=True)),
+        ("warmup_learning_rate", _non_negative),
+    ):
+        if params.get(key) is not None:
+            check_number(f"params.{key}", params[key], **bounds)
+
+
+def learning_rate_schedule(
+    params: Mapping[str, Any], max_step: int | None = None
+) -> schedules.ScheduleWrapper | None:
+    """Builds the learning-rate schedule that ``params`` describes, as training does.
+
+    Args:
+      params: The ``params`` section of the configuration (not modified).
+      max_step: ``train.max_step``, used where a schedule length is ``max_step``.
+
+    Returns:
+      A :class:`~onmt_trainkit.schedules.ScheduleWrapper`, or ``None`` when ``params``
+      asks for a constant rate (no ``decay_type`` and no warmup), as in OpenNMT-tf.
+
+    Raises:
+      ConfigError: naming the first key whose value cannot be used.
+    """
+    params = _as_dict("params", params)
+    _check_params(params)
+    warmup_steps = params.get("warmup_steps") or 0
+    decay_type = params.get("decay_type")
+    if decay_type is None:
+        if warmup_steps == 0:
+            if params.get("learning_rate") is None:
+                raise ConfigError("params.learning_rate is required when no decay_type is set")
+            return None
+        if params.get("learning_rate") is None:
+            raise ConfigError("params.learning_rate is required by params.warmup_steps")
+        schedule = schedules.Constant(params["learning_rate"])
+    else:
+        cls = schedule_class(decay_type)
+        args = _schedule_arguments(cls, params, max_step, warmup_steps)
+        schedule = _construct(cls, args)
+    return schedules.ScheduleWrapper(
+        schedule,
+        step_start=params.get("start_decay_steps", 0),
+        step_duration=params.get("decay_step_duration", 1),
+        minimum_learning_rate=params.get("minimum_learning_rate", 0),
+        warmup_steps=warmup_steps,
+        warmup_learning_rate=params.get("warmup_learning_rate") or 0,
+    )
+
+
+def _construct(cls: Callable[..., Any], args: dict[str, Any]) -> Any:
+    try:
+        return cls(**args)
+    except ConfigError as error:
+        raise ConfigError(f"decay_params.{error}") from None
+
+
+def moving_average_decay(value: Any) -> float:
+    """Checks ``train.moving_average_decay``: a number in the open interval (0, 1)."""
+    return check_decay(value, key="train.moving_average_decay")

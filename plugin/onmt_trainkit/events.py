@@ -1,0 +1,85 @@
+"""Reading the evaluation metrics that OpenNMT-tf records, without TensorFlow.
+
+OpenNMT-tf writes each evaluation as TensorBoard scalars ``eval/<metric>`` in event files
+under ``<model_dir>/eval``. An event file is a sequence of TFRecords (length, masked
+CRC32C of the length, an ``Event`` protocol buffer, masked CRC32C of the data).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import struct
+
+import numpy as np
+
+from onmt_trainkit import protowire as pw
+from onmt_trainkit.tensor_bundle import crc32c, mask_crc
+
+_DT_FLOAT, _DT_DOUBLE = 1, 2
+_EVAL_PREFIX = "eval/"
+
+
+def _records(path: str):
+    with open(path, "rb") as events:
+        data = events.read()
+    position = 0
+    while position + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, position)
+        (length_crc,) = struct.unpack_from("<I", data, position + 8)
+        if mask_crc(crc32c(data[position : position + 8])) != length_crc:
+            return  # A torn write at the end of a file being written.
+        start = position + 12
+        end = start + length
+        if end + 4 > len(data):
+            return
+        (data_crc,) = struct.unpack_from("<I", data, end)
+        if mask_crc(crc32c(data[start:end])) != data_crc:
+            return
+        yield data[start:end]
+        position = end + 4
+
+
+def _scalar(value: list) -> float | None:
+    simple = pw.first(value, 2)
+    if simple is not None:
+        return pw.as_float32(simple)
+    tensor = pw.first(value, 8)
+    if tensor is None:
+        return None
+    tensor = list(pw.fields(tensor))
+    dtype = pw.first(tensor, 1, _DT_FLOAT)
+    content = pw.first(tensor, 4)
+    if content:
+        return float(np.frombuffer(content, "<f4" if dtype == _DT_FLOAT else "<f8")[0])
+    for number, wire_type, raw in tensor:
+        if number in (5, 6):
+            if wire_type == pw.BYTES:
+                return float(np.frombuffer(raw, "<f4" if number == 5 else "<f8")[0])
+            return pw.as_float32(raw) if number == 5 else pw.as_float64(raw)
+    return None
+
+
+def read_eval_metrics(model_dir: str) -> dict[int, dict[str, float]]:
+    """Returns ``{step: {metric: value}}`` for every evaluation recorded in ``model_dir``.
+
+    A step evaluated twice keeps the value written last.
+    """
+    results: dict[int, dict[str, float]] = {}
+    paths = sorted(glob.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*")))
+    for path in paths:
+        for record in _records(path):
+            event = list(pw.fields(record))
+            summary = pw.first(event, 5)
+            if summary is None:
+                continue
+            step = int(pw.first(event, 2, 0))
+            for number, _, raw in pw.fields(summary):
+                if number != 1:
+                    continue
+                value = list(pw.fields(raw))
+                tag = pw.first(value, 1, b"").decode("utf-8")
+                scalar = _scalar(value)
+                if tag.startswith(_EVAL_PREFIX) and scalar is not None:
+                    results.setdefault(step, {})[tag[len(_EVAL_PREFIX):]] = scalar
+    return results

@@ -1,0 +1,328 @@
+"""Reading and writing TensorFlow checkpoints (the "tensor bundle" format) without TensorFlow.
+
+A checkpoint ``PREFIX`` is an index, ``PREFIX.index``, and data shards,
+``PREFIX.data-SSSSS-of-NNNNN``. The index is a LevelDB-style sorted table whose empty key
+holds a ``BundleHeaderProto`` and whose other keys are tensor names holding a
+``BundleEntryProto`` (dtype, shape, shard, offset, size, masked CRC32C of the bytes). The
+data files hold the raw little-endian tensor bytes. Tensors are read through ``mmap`` one
+at a time, so reading costs no more memory than the tensor being used.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import crc32c as _crc32c
+import numpy as np
+
+from onmt_trainkit import protowire as pw
+
+_TABLE_MAGIC = 0xDB4775248B80FB57
+_FOOTER_SIZE = 48
+_BLOCK_TRAILER_SIZE = 5
+_NO_COMPRESSION = 0
+_MASK_DELTA = 0xA282EAD8
+
+# tensorflow/core/framework/types.proto
+DT_STRING = 7
+DT_BFLOAT16 = 14
+NUMPY_DTYPES: dict[int, np.dtype] = {
+    1: np.dtype("<f4"),
+    2: np.dtype("<f8"),
+    3: np.dtype("<i4"),
+    4: np.dtype("u1"),
+    5: np.dtype("<i2"),
+    6: np.dtype("i1"),
+    9: np.dtype("<i8"),
+    10: np.dtype("?"),
+    DT_BFLOAT16: np.dtype("<u2"),
+    17: np.dtype("<u2"),
+    19: np.dtype("<f2"),
+    22: np.dtype("<u4"),
+    23: np.dtype("<u8"),
+}
+FLOAT_DTYPES = frozenset({1, 2, DT_BFLOAT16, 19})
+DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 7: "string", 9: "int64", 10: "bool",
+               14: "bfloat16", 19: "float16"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: missing, truncated, corrupt or unsupported."""
+
+
+def mask_crc(crc: int) -> int:
+    """Masks a CRC32C as TensorFlow and LevelDB store it."""
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def crc32c(data: bytes | memoryview, crc: int = 0) -> int:
+    """Returns the CRC32C of ``data``, continuing from ``crc``."""
+    return _crc32c.crc32c(data, crc)
+
+
+@dataclass
+class Entry:
+    """One tensor of a checkpoint: where its bytes are and what they hold."""
+
+    name: str
+    dtype: int
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+    crc: int
+    proto: list = field(repr=False, default_factory=list)
+
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES.get(self.dtype, f"dtype {self.dtype}")
+
+
+def _parse_entry(name: str, value: bytes) -> Entry:
+    message = list(pw.fields(value))
+    shape: list[int] = []
+    shape_proto = pw.first(message, 2, b"")
+    for number, _, dim in pw.fields(shape_proto):
+        if number == 2:
+            shape.append(int(pw.first(list(pw.fields(dim)), 1, 0)))
+    if pw.first(message, 7) is not None:
+        raise CheckpointError(f"tensor {name} is partitioned (sliced), which is not supported")
+    return Entry(
+        name=name,
+        dtype=int(pw.first(message, 1, 0)),
+        shape=tuple(shape),
+        shard_id=int(pw.first(message, 3, 0)),
+        offset=int(pw.first(message, 4, 0)),
+        size=int(pw.first(message, 5, 0)),
+        crc=int(pw.first(message, 6, 0)),
+        proto=message,
+    )
+
+
+def _read_block(data: bytes, offset: int, size: int, path: str) -> list[tuple[bytes, bytes]]:
+    """Returns the (key, value) entries of the table block at ``offset``."""
+    end = offset + size
+    if end + _BLOCK_TRAILER_SIZE > len(data):
+        raise CheckpointError(f"{path} is truncated")
+    block = data[offset:end]
+    compression = data[end]
+    if compression != _NO_COMPRESSION:
+        raise CheckpointError(f"{path} uses a compressed index, which is not supported")
+    (stored_crc,) = struct.unpack_from("<I", data, end + 1)
+    if mask_crc(crc32c(data[offset : end + 1])) != stored_crc:
+        raise CheckpointError(f"{path} is corrupt (index block checksum mismatch)")
+    if size < 4:
+        raise CheckpointError(f"{path} is corrupt (block too small)")
+    (num_restarts,) = struct.unpack_from("<I", block, size - 4)
+    limit = size - 4 - 4 * num_restarts
+    entries, position, key = [], 0, b""
+    try:
+        while position < limit:
+            shared, position = pw.read_varint(block, position)
+            non_shared, position = pw.read_varint(block, position)
+            value_size, position = pw.read_varint(block, position)
+            key = key[:shared] + block[position : position + non_shared]
+            position += non_shared
+            entries.append((key, block[position : position + value_size]))
+            position += value_size
+    except pw.DecodeError as error:
+        raise CheckpointError(f"{path} is corrupt ({error})") from None
+    return entries
+
+
+def _read_handle(data: bytes, position: int) -> tuple[int, int, int]:
+    offset, position = pw.read_varint(data, position)
+    size, position = pw.read_varint(data, position)
+    return offset, size, position
+
+
+class CheckpointReader:
+    """Reads the tensors of one checkpoint, given its prefix (e.g. ``run/ckpt-5000``)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        index_path = prefix + ".index"
+        try:
+            with open(index_path, "rb") as index_file:
+                data = index_file.read()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {prefix} not found (no {index_path})") from None
+        if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
+            raise CheckpointError(f"{index_path} is not a TensorFlow checkpoint index (bad footer)")
+        try:
+            _, _, position = _read_handle(data, len(data) - _FOOTER_SIZE)
+            index_offset, index_size, _ = _read_handle(data, position)
+        except pw.DecodeError:
+            raise CheckpointError(f"{index_path} is corrupt (bad footer)") from None
+        self.header: list = []
+        self.entries: dict[str, Entry] = {}
+        for _, handle in _read_block(data, index_offset, index_size, index_path):
+            block_offset, block_size, _ = _read_handle(handle, 0)
+            for key, value in _read_block(data, block_offset, block_size, index_path):
+                try:
+                    if key == b"":
+                        self.header = list(pw.fields(value))
+                    else:
+                        name = key.decode("utf-8")
+                        self.entries[name] = _parse_entry(name, value)
+                except pw.DecodeError as error:
+                    raise CheckpointError(f"{index_path} is corrupt ({error})") from None
+        self.num_shards = int(pw.first(self.header, 1, 1))
+        if int(pw.first(self.header, 2, 0)) != 0:
+            raise CheckpointError(f"{prefix} is big-endian, which is not supported")
+        self._shards: dict[int, mmap.mmap] = {}
+
+    def data_path(self, shard_id: int) -> str:
+        """Returns the path of data shard ``shard_id``."""
+        return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
+
+    def _shard(self, shard_id: int) -> mmap.mmap:
+        if shard_id not in self._shards:
+            path = self.data_path(shard_id)
+            try:
+                with open(path, "rb") as data_file:
+                    if os.fstat(data_file.fileno()).st_size == 0:
+                        self._shards[shard_id] = mmap.mmap(-1, 1)
+                    else:
+                        self._shards[shard_id] = mmap.mmap(
+                            data_file.fileno(), 0, access=mmap.ACCESS_READ
+                        )
+            except FileNotFoundError:
+                raise CheckpointError(f"checkpoint {self.prefix}: missing data file {path}") from None
+        return self._shards[shard_id]
+
+    def raw(self, name: str) -> memoryview:
+        """Returns the stored bytes of tensor ``name``, checked against their CRC32C.
+
+        A string tensor's CRC is not that of its bytes; its bytes are returned unchecked.
+        """
+        entry = self.entries[name]
+        shard = self._shard(entry.shard_id)
+        end = entry.offset + entry.size
+        if end > len(shard) and entry.size > 0:
+            raise CheckpointError(
+                f"checkpoint {self.prefix} is truncated: {name} ends at byte {end} of "
+                f"{self.data_path(entry.shard_id)}, which has {len(shard)}"
+            )
+        view = memoryview(shard)[entry.offset : end]
+        if entry.dtype != DT_STRING and mask_crc(crc32c(view)) != entry.crc:
+            raise CheckpointError(
+                f"checkpoint {self.prefix} is corrupt: checksum mismatch for {name}"
+            )
+        return view
+
+    def array(self, name: str) -> np.ndarray:
+        """Returns tensor ``name`` as a read-only numpy array (bfloat16 as uint16 bits)."""
+        entry = self.entries[name]
+        dtype = NUMPY_DTYPES.get(entry.dtype)
+        if dtype is None:
+            raise CheckpointError(f"tensor {name} has {entry.dtype_name}, not a numeric type")
+        return np.frombuffer(self.raw(name), dtype=dtype).reshape(entry.shape)
+
+    def close(self) -> None:
+        """Releases the mapped data files."""
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Converts bfloat16 values, given as uint16 bits, to float32 exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """Rounds float32 values to bfloat16 (to nearest, ties to even), as uint16 bits."""
+    bits = values.astype(np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def encode_string_scalar(value: bytes) -> tuple[bytes, int]:
+    """Encodes a scalar string tensor as TensorFlow stores it; returns (bytes, masked CRC)."""
+    length = len(value)
+    # The CRC covers the length as a uint32 (uint64 past 4 GiB), not its varint bytes.
+    crc = crc32c(struct.pack("<I" if length <= 0xFFFFFFFF else "<Q", length))
+    length_crc = mask_crc(crc)
+    packed_crc = struct.pack("<I", length_crc)
+    crc = crc32c(value, crc32c(packed_crc, crc))
+    return pw.encode_varint(length) + packed_crc + value, mask_crc(crc)
+
+
+def decode_string_scalar(data: bytes | memoryview) -> bytes:
+    """Decodes a scalar string tensor from its stored bytes."""
+    length, position = pw.read_varint(data, 0)
+    position += 4
+    return bytes(data[position : position + length])
+
+
+class CheckpointWriter:
+    """Writes a single-shard checkpoint, tensor by tensor, in sorted name order."""
+
+    def __init__(self, prefix: str, header: list):
+        self.prefix = prefix
+        self._header = [f for f in header if f[0] != 1] + [(1, pw.VARINT, 1)]
+        self._data: BinaryIO = open(prefix + ".data-00000-of-00001", "wb")
+        self._offset = 0
+        self._entries: list[tuple[bytes, bytes]] = []
+
+    def add(self, entry: Entry, data: bytes | memoryview, crc: int | None = None) -> None:
+        """Appends tensor ``entry.name`` with bytes ``data`` (masked ``crc`` if known)."""
+        if crc is None:
+            crc = mask_crc(crc32c(data))
+        self._data.write(data)
+        replaced = {3: (3, pw.VARINT, 0), 4: (4, pw.VARINT, self._offset),
+                    5: (5, pw.VARINT, len(data)), 6: (6, pw.FIXED32, crc)}
+        message = [f for f in entry.proto if f[0] not in replaced]
+        message += [replaced[number] for number in sorted(replaced)]
+        message.sort(key=lambda f: f[0])
+        self._entries.append((entry.name.encode("utf-8"), pw.encode(message)))
+        self._offset += len(data)
+
+    def add_array(self, entry: Entry, values: np.ndarray) -> None:
+        """Appends tensor ``entry.name`` with ``values`` (already in the stored dtype)."""
+        self.add(entry, np.ascontiguousarray(values).tobytes())
+
+    def close(self) -> None:
+        """Writes the index and closes the files."""
+        self._data.close()
+        entries = [(b"", pw.encode(self._header))] + sorted(self._entries)
+        with open(self.prefix + ".index", "wb") as index:
+            data_handle = _write_block(index, 0, entries)
+            last_key = entries[-1][0]
+            end = data_handle[0] + data_handle[1] + _BLOCK_TRAILER_SIZE
+            meta_handle = _write_block(index, end, [])
+            end = meta_handle[0] + meta_handle[1] + _BLOCK_TRAILER_SIZE
+            index_handle = _write_block(
+                index, end, [(last_key, _encode_handle(*data_handle))]
+            )
+            footer = _encode_handle(*meta_handle) + _encode_handle(*index_handle)
+            index.write(footer.ljust(_FOOTER_SIZE - 8, b"\0") + struct.pack("<Q", _TABLE_MAGIC))
+
+
+def _encode_handle(offset: int, size: int) -> bytes:
+    return pw.encode_varint(offset) + pw.encode_varint(size)
+
+
+def _write_block(out: BinaryIO, offset: int, entries: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """Writes a table block (every entry a restart point); returns its handle."""
+    block, restarts = bytearray(), []
+    for key, value in entries:
+        restarts.append(len(block))
+        block += pw.encode_varint(0) + pw.encode_varint(len(key)) + pw.encode_varint(len(value))
+        block += key + value
+    restarts = restarts or [0]
+    block += struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
+    trailer = bytes([_NO_COMPRESSION])
+    out.write(block + trailer + struct.pack("<I", mask_crc(crc32c(bytes(block) + trailer))))
+    return offset, len(block)

@@ -1,0 +1,134 @@
+"""Command-line entry points: argument parsing and one call into the package each.
+
+A refused request exits with status 2 and one line on standard error, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import NoReturn, Sequence
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(self.prog, message)
+
+
+def _fail(prog: str, message: str) -> NoReturn:
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.exit(2)
+
+
+def _quiet_tensorflow() -> None:
+    """Keeps TensorFlow's start-up messages off standard error, which carries our errors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore")
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
+    """``onmt-trainkit-average`` / ``tools/average_checkpoints.py``."""
+    from onmt_trainkit import averaging
+
+    parser = _Parser(
+        prog="average_checkpoints",
+        description="Average the checkpoints of an OpenNMT-tf model directory into a new one.",
+    )
+    parser.add_argument("--model_dir", help="Model directory whose checkpoints to average.")
+    parser.add_argument("--output_dir", required=True, help="Directory to create with the average.")
+    parser.add_argument("--max_count", type=int, default=8,
+                        help="Average the last N checkpoints (default: 8).")
+    parser.add_argument("--checkpoints", nargs="+", metavar="PATH",
+                        help="Explicit checkpoint prefixes (e.g. run/ckpt-5000) instead.")
+    parser.add_argument("--min_step", type=int, help="Leave out checkpoints before this step.")
+    parser.add_argument("--max_step", type=int, help="Leave out checkpoints after this step.")
+    parser.add_argument("--best", type=int, metavar="N",
+                        help="Average the N best checkpoints by --metric instead of the last ones.")
+    parser.add_argument("--metric", help="Evaluation metric recorded during training (loss, bleu...).")
+    parser.add_argument("--drop_optimizer", action="store_true",
+                        help="Leave out the optimizer and moving-average state (inference only).")
+    parser.add_argument("--force", action="store_true",
+                        help="Replace the output directory if it exists and is not empty.")
+    args = parser.parse_args(argv)
+    if args.model_dir is None and args.checkpoints is None:
+        parser.error("give --model_dir or --checkpoints")
+
+    progress = None
+    if sys.stderr.isatty():
+        def progress(done: int, total: int) -> None:
+            sys.stderr.write(f"\rread {_human(done)} of {_human(total)} ({100 * done // max(total, 1)}%)")
+            if done == total:
+                sys.stderr.write("\n")
+
+    selection = averaging.Selection(
+        max_count=args.max_count,
+        checkpoints=args.checkpoints,
+        min_step=args.min_step,
+        max_step=args.max_step,
+        best=args.best,
+        metric=args.metric,
+    )
+    try:
+        result = averaging.average_checkpoints(
+            args.model_dir,
+            args.output_dir,
+            selection,
+            overwrite=args.force,
+            drop_optimizer=args.drop_optimizer,
+            progress=progress,
+        )
+    except (averaging.AveragingError, averaging.CheckpointError, OSError) as error:
+        _fail(parser.prog, str(error))
+    steps = ", ".join(str(averaging.checkpoint_step(c)) for c in result.checkpoints)
+    print(
+        f"averaged {len(result.checkpoints)} checkpoints (steps {steps}; "
+        f"{result.num_averaged} weights) into {result.checkpoint_prefix}"
+    )
+    return 0
+
+
+def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
+    """``onmt-trainkit-plot`` / ``tools/plot_schedule.py``."""
+    parser = _Parser(
+        prog="plot_schedule",
+        description="Plot the learning rate that onmt-main train would use, step by step.",
+    )
+    parser.add_argument("--config", nargs="+", action="append", required=True, metavar="YML",
+                        help="Configuration files, merged as onmt-main does; repeat to overlay curves.")
+    parser.add_argument("--max_step", type=int, help="Last step to plot (default: train.max_step).")
+    parser.add_argument("--output", help="Picture to write (.png, .svg, .pdf).")
+    parser.add_argument("--csv", help="CSV to write: a step column and one column per curve.")
+    args = parser.parse_args(argv)
+    if args.output is None and args.csv is None:
+        parser.error("give --output and/or --csv")
+    if args.max_step is not None and args.max_step < 1:
+        parser.error(f"--max_step must be >= 1, got {args.max_step}")
+
+    _quiet_tensorflow()
+    from onmt_trainkit import plotting
+    from onmt_trainkit.errors import ConfigError
+
+    try:
+        curves = [plotting.curve_from_files(paths, args.max_step) for paths in args.config]
+        if args.csv:
+            plotting.write_csv(curves, args.csv)
+        if args.output:
+            plotting.plot(curves, args.output)
+    except (ConfigError, OSError, ValueError) as error:
+        _fail(parser.prog, str(error).splitlines()[0])
+    for path in (args.csv, args.output):
+        if path:
+            print(f"wrote {os.path.abspath(path)}")
+    return 0

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny corpora, model files and real ``onmt-main`` runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from onmt_trainkit import toy_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+TINY_MODEL = textwrap.dedent(
+    """
+    import opennmt
+
+    import onmt_trainkit
+
+
+    def model():
+        return opennmt.models.Transformer(
+            source_inputter=opennmt.inputters.WordEmbedder(embedding_size=16),
+            target_inputter=opennmt.inputters.WordEmbedder(embedding_size=16),
+            num_layers=1, num_units=16, num_heads=2, ffn_inner_dim=32,
+            dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0,
+        )
+    """
+)
+
+
+def run(command: list[str], cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs a command; returns it with stdout and stderr as text."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    process = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and process.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {process.returncode}:\n{process.stdout}\n{process.stderr[-5000:]}"
+        )
+    return process
+
+
+def onmt_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([os.path.join(BIN, "onmt-main"), *args], check=check)
+
+
+def tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, os.path.join(ROOT, "tools", name), *args], check=check)
+
+
+def write_yaml(path: str, content: dict) -> str:
+    with open(path, "w", encoding="utf-8") as output:
+        yaml.safe_dump(content, output)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, str]:
+    return toy_corpus.write_corpus(str(tmp_path_factory.mktemp("corpus")), num_train=200, num_test=10)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("model") / "tiny.py"
+    path.write_text(TINY_MODEL)
+    return str(path)
+
+
+def data_config(corpus: dict[str, str], single_example: bool = False) -> dict:
+    """The ``data`` section; with ``single_example`` every batch is the first sentence."""
+    source, target = corpus["train_src"], corpus["train_tgt"]
+    if single_example:
+        source, target = corpus["one_src"], corpus["one_tgt"]
+    return {
+        "train_features_file": source,
+        "train_labels_file": target,
+        "source_vocabulary": corpus["src_vocab"],
+        "target_vocabulary": corpus["tgt_vocab"],
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_example(corpus):
+    for side in ("src", "tgt"):
+        with open(corpus[f"train_{side}"], encoding="utf-8") as lines:
+            first = lines.readline()
+        path = os.path.join(os.path.dirname(corpus["train_src"]), f"one_{side}.txt")
+        with open(path, "w", encoding="utf-8") as output:
+            output.write(first)
+        corpus[f"one_{side}"] = path

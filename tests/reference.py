@@ -1,0 +1,55 @@
+"""The schedule formulas written again, independently, in numpy (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def noam(step, scale, model_dim, warmup_steps):
+    t = np.asarray(step, dtype=np.float64) + 1
+    return scale * model_dim**-0.5 * np.minimum(t**-0.5, t * warmup_steps**-1.5)
+
+
+def polynomial(step, initial, decay_steps, end=0.0001, power=1.0):
+    p = np.minimum(np.asarray(step, dtype=np.float64), decay_steps) / decay_steps
+    return (initial - end) * (1 - p) ** power + end
+
+
+def cosine(step, initial, decay_steps, alpha=0.0):
+    p = np.minimum(np.asarray(step, dtype=np.float64), decay_steps) / decay_steps
+    return initial * ((1 - alpha) * 0.5 * (1 + np.cos(np.pi * p)) + alpha)
+
+
+def exponential(step, initial, decay_steps, rate, staircase=False):
+    exponent = np.asarray(step, dtype=np.float64) / decay_steps
+    if staircase:
+        exponent = np.floor(exponent)
+    return initial * rate**exponent
+
+
+def inverse_time(step, initial, decay_steps, rate):
+    return initial / (1 + rate * np.asarray(step, dtype=np.float64) / decay_steps)
+
+
+def piecewise(step, boundaries, values):
+    step = np.asarray(step)
+    index = np.searchsorted(np.asarray(boundaries), step, side="left")
+    return np.asarray(values, dtype=np.float64)[index]
+
+
+def stable_decay(step, rate, total, decay, shape, end=0.0):
+    p = np.clip((np.asarray(step, dtype=np.float64) - (total - decay)) / decay, 0, 1)
+    factor = {"linear": 1 - p, "cosine": 0.5 * (1 + np.cos(math.pi * p)), "1-sqrt": 1 - np.sqrt(p)}[shape]
+    return end + (rate - end) * factor
+
+
+def wrapped(schedule, step, warmup=0, warmup_rate=0.0, start=0, duration=1, floor=0.0):
+    """lr(s) = w0 + (S(0) - w0) s / W for s < W, else max(S((max(s - W - start, 0)) // k), m)."""
+    step = np.asarray(step, dtype=np.int64)
+    after = np.maximum(schedule(np.maximum(step - warmup - start, 0) // duration), floor)
+    if warmup == 0:
+        return after
+    ramp = warmup_rate + (schedule(np.zeros_like(step)) - warmup_rate) * step / warmup
+    return np.where(step < warmup, ramp, after)

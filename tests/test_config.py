@@ -1,0 +1,176 @@
+"""The YAML keys: schedules built from ``params``, validation messages, the shipped recipes."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+import reference as ref
+from conftest import ROOT
+from onmt_trainkit import config, schedules
+from onmt_trainkit.errors import ConfigError
+
+RTOL, ATOL = 2e-6, 1e-9
+
+
+def curve(params, steps, max_step=None):
+    return schedules.evaluate(config.learning_rate_schedule(params, max_step=max_step), steps)
+
+
+def test_no_decay_type_is_a_constant_as_in_opennmt():
+    assert config.learning_rate_schedule({"learning_rate": 1e-3}) is None
+
+
+def test_warmup_without_decay_type_then_constant():
+    params = {"learning_rate": 1e-3, "warmup_steps": 10, "warmup_learning_rate": 1e-4}
+    np.testing.assert_allclose(curve(params, [0, 5, 9, 10, 11, 10**6]),
+                               [1e-4, 5.5e-4, 9.1e-4, 1e-3, 1e-3, 1e-3], rtol=RTOL)
+
+
+def test_learning_rate_is_the_first_schedule_argument_unless_given():
+    params = {"learning_rate": 2.0, "decay_type": "NoamDecay",
+              "decay_params": {"model_dim": 512, "warmup_steps": 4000}}
+    assert config.learning_rate_schedule(params).schedule.scale == 2.0
+    params["decay_params"]["scale"] = 1.0
+    assert config.learning_rate_schedule(params).schedule.scale == 1.0
+    assert params["decay_params"] == {"model_dim": 512, "warmup_steps": 4000, "scale": 1.0}
+
+
+def test_max_step_is_what_remains_after_warmup_and_delay():
+    params = {"learning_rate": 1.0, "warmup_steps": 10, "start_decay_steps": 5,
+              "decay_step_duration": 2, "decay_type": "PolynomialDecay",
+              "decay_params": {"decay_steps": "max_step", "end_learning_rate": 0.0}}
+    schedule = config.learning_rate_schedule(params, max_step=100)
+    assert schedule.schedule.decay_steps == (100 - 10 - 5) // 2 == 42
+    steps = [0, 9, 10, 15, 16, 98, 99, 100, 101, 1000]
+    expected = ref.wrapped(functools.partial(ref.polynomial, initial=1.0, decay_steps=42, end=0.0),
+                           steps, warmup=10, start=5, duration=2)
+    np.testing.assert_allclose(schedules.evaluate(schedule, steps), expected, rtol=RTOL, atol=ATOL)
+    last_step_of_decay = 10 + 5 + 2 * 41  # schedule step 41 of 42
+    assert schedules.evaluate(schedule, [last_step_of_decay + 1])[0] > 0
+    assert schedules.evaluate(schedule, [100])[0] == 0
+    assert params["decay_params"]["decay_steps"] == "max_step"  # the user's config is not modified
+
+
+@pytest.mark.parametrize(
+    "params,max_step,message",
+    [
+        ({"learning_rate": -1}, None, "params.learning_rate must be a number >= 0, got -1"),
+        ({"learning_rate": "fast"}, None, "params.learning_rate must be a number >= 0, got 'fast'"),
+        ({}, None, "params.learning_rate is required when no decay_type is set"),
+        ({"learning_rate": 1, "warmup_steps": -5}, None, "params.warmup_steps must be an integer >= 0, got -5"),
+        ({"learning_rate": 1, "warmup_steps": 1.5}, None, "params.warmup_steps must be an integer >= 0, got 1.5"),
+        ({"learning_rate": 1, "warmup_learning_rate": -1, "warmup_steps": 3}, None,
+         "params.warmup_learning_rate must be a number >= 0, got -1"),
+        ({"learning_rate": 1, "decay_step_duration": 0, "decay_type": "NoamDecay"}, None,
+         "params.decay_step_duration must be an integer >= 1, got 0"),
+        ({"learning_rate": 1, "start_decay_steps": -1}, None, "params.start_decay_steps must be an integer >= 0, got -1"),
+        ({"learning_rate": 1, "minimum_learning_rate": -1e-5}, None,
+         "params.minimum_learning_rate must be a number >= 0, got -1e-05"),
+        ({"learning_rate": 1, "decay_type": "NoamDecy"}, None,
+         r"params.decay_type: unknown value 'NoamDecy' \(did you mean 'NoamDecay'\?\); valid values are: .*CosineDecay.*WarmupStableDecay"),
+        ({"learning_rate": 1, "decay_type": 3}, None, "params.decay_type must be a schedule name"),
+        ({"learning_rate": 1, "decay_type": "NoamDecay", "decay_params": [1, 2]}, None,
+         "params.decay_params must be a mapping"),
+        ({"learning_rate": 1, "decay_type": "NoamDecay", "decay_params": {"model_dim": 8, "warmup_step": 4}}, None,
+         r"params.decay_params: unknown value 'warmup_step' \(did you mean 'warmup_steps'\?\); valid values are: model_dim, scale, warmup_steps"),
+        ({"learning_rate": 1, "decay_type": "NoamDecay", "decay_params": {"model_dim": 8}}, None,
+         "decay_params.warmup_steps is required by NoamDecay"),
+        ({"decay_type": "NoamDecay", "decay_params": {"model_dim": 8, "warmup_steps": 4}}, None,
+         "params.learning_rate or decay_params.scale is required by NoamDecay"),
+        ({"learning_rate": 1, "decay_type": "NoamDecay", "decay_params": {"model_dim": 8, "warmup_steps": 0}}, None,
+         "decay_params.warmup_steps must be a number > 0, got 0"),
+        ({"learning_rate": 1, "decay_type": "PolynomialDecay", "decay_params": {"decay_steps": 0}}, None,
+         "decay_params.decay_steps must be an integer > 0, got 0"),
+        ({"learning_rate": 1, "decay_type": "CosineDecay", "decay_params": {"decay_steps": 10, "alpha": 2}}, None,
+         "decay_params.alpha must be a number >= 0 and <= 1, got 2"),
+        ({"learning_rate": 1, "decay_type": "ExponentialDecay", "decay_params": {"decay_steps": 10, "decay_rate": 0}}, None,
+         "decay_params.decay_rate must be a number > 0, got 0"),
+        ({"decay_type": "PiecewiseConstantDecay", "decay_params": {"boundaries": [10, 5], "values": [1, 2, 3]}}, None,
+         r"decay_params.boundaries must be strictly increasing, got \[10, 5\]"),
+        ({"decay_type": "PiecewiseConstantDecay", "decay_params": {"boundaries": [10], "values": [1]}}, None,
+         r"decay_params.values must be a list of 2 rates \(one more than boundaries\), got \[1\]"),
+        ({"learning_rate": 1, "decay_type": "PolynomialDecay", "decay_params": {"decay_steps": "max_step"}}, None,
+         "decay_params.decay_steps is 'max_step' but train.max_step is not set"),
+        ({"learning_rate": 1, "warmup_steps": 100, "decay_type": "PolynomialDecay",
+          "decay_params": {"decay_steps": "max_step"}}, 100,
+         r"no step is left to decay: \(train.max_step 100 - params.warmup_steps 100 - params.start_decay_steps 0\)"),
+        ({"learning_rate": 1, "decay_type": "ExponentialDecay",
+          "decay_params": {"decay_steps": 10, "decay_rate": "max_step"}}, 100,
+         "decay_params.decay_rate must be a number \\('max_step' is accepted only for"),
+        ({"learning_rate": 1, "decay_type": "WarmupStableDecay",
+          "decay_params": {"total_steps": "max_step", "decay_steps": 500}}, 100,
+         "decay_params.decay_steps must be an integer > 0 and <= 100, got 500"),
+    ],
+)
+def test_bad_params_name_the_key_the_value_and_what_is_allowed(params, max_step, message):
+    with pytest.raises(ConfigError, match=message):
+        config.learning_rate_schedule(params, max_step=max_step)
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, "0.99", None, True])
+def test_bad_moving_average_decay(value):
+    with pytest.raises(ConfigError, match=f"train.moving_average_decay must be a number > 0 and < 1, got {value!r}"):
+        config.moving_average_decay(value)
+
+
+def test_opennmt_and_user_registered_schedules_resolve():
+    assert config.schedule_class("InvSqrtDecay").__module__.startswith("opennmt")
+    assert config.schedule_class("PolynomialDecay").__module__.startswith("keras")
+    assert config.schedule_class("NoamDecay") is schedules.NoamDecay
+    assert "RsqrtDecay" in config.schedule_names()
+
+
+# ---- Recipes --------------------------------------------------------------------------
+
+def _recipe(name):
+    with open(os.path.join(ROOT, "configs", name), encoding="utf-8") as recipe:
+        loaded = yaml.safe_load(recipe)
+    return loaded["params"], loaded["train"]["max_step"]
+
+
+RECIPES = {
+    "noam_transformer.yml": lambda s: ref.noam(s, 2.0, 512, 8000),
+    "linear_decay.yml": lambda s: ref.polynomial(s, 5e-5, 100000, end=0.0),
+    "warmup_linear.yml": lambda s: ref.wrapped(
+        functools.partial(ref.polynomial, initial=1e-4, decay_steps=90000, end=0.0), s, warmup=10000),
+    "warmup_cosine.yml": lambda s: ref.wrapped(
+        functools.partial(ref.cosine, initial=7e-4, decay_steps=96000, alpha=0.1), s, warmup=4000),
+    "step_decay.yml": lambda s: ref.wrapped(
+        functools.partial(ref.exponential, initial=1e-3, decay_steps=20000, rate=0.5, staircase=True),
+        s, warmup=2000, floor=1e-5),
+    "exponential_decay.yml": lambda s: ref.wrapped(
+        functools.partial(ref.exponential, initial=1e-3, decay_steps=50000, rate=0.1), s, warmup=2000),
+    "warmup_stable_decay.yml": lambda s: ref.wrapped(
+        functools.partial(ref.stable_decay, rate=7e-4, total=96000, decay=19200, shape="1-sqrt"),
+        s, warmup=4000),
+}
+
+
+def test_every_recipe_is_covered():
+    shipped = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.yml"))}
+    assert shipped - {"moving_average.yml"} == set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_builds_its_schedule(name):
+    params, max_step = _recipe(name)
+    warmup = params.get("warmup_steps", 0)
+    steps = sorted({0, 1, max(warmup - 1, 0), warmup, warmup + 1, max_step // 2, max_step - 1,
+                    max_step, max_step + 1, 2 * max_step} | set(range(0, max_step + 1, 997)))
+    np.testing.assert_allclose(curve(params, steps, max_step), RECIPES[name](np.array(steps)),
+                               rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in RECIPES if "warmup_steps" in _recipe(n)[0]))
+def test_recipe_is_continuous_at_the_end_of_warmup(name):
+    params, max_step = _recipe(name)
+    warmup = params["warmup_steps"]
+    before, at, after = curve(params, [warmup - 1, warmup, warmup + 1], max_step)
+    assert at - before == pytest.approx(at / warmup, rel=1e-3)  # the last warmup increment
+    assert abs(after - at) <= at / warmup

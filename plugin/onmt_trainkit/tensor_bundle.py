@@ -210,6 +210,7 @@ class CheckpointReader:
             )
         view = memoryview(shard)[entry.offset : end]
         if entry.dtype != DT_STRING and mask_crc(crc32c(view)) != entry.crc:
+            view.release()
             raise CheckpointError(
                 f"checkpoint {self.prefix} is corrupt: checksum mismatch for {name}"
             )
@@ -226,7 +227,10 @@ class CheckpointReader:
     def close(self) -> None:
         """Releases the mapped data files."""
         for shard in self._shards.values():
-            shard.close()
+            try:
+                shard.close()
+            except BufferError:  # an array still uses it; it is unmapped once released
+                pass
         self._shards.clear()
 
     def __enter__(self) -> "CheckpointReader":
@@ -291,7 +295,7 @@ class CheckpointWriter:
 
     def add_array(self, entry: Entry, values: np.ndarray) -> None:
         """Appends tensor ``entry.name`` with ``values`` (already in the stored dtype)."""
-        self.add(entry, np.ascontiguousarray(values).tobytes())
+        self.add(entry, np.ascontiguousarray(values).reshape(-1).view(np.uint8).data)
 
     def close(self) -> None:
         """Writes the index and closes the files."""

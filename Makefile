@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python tools/demo.py --output_dir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 experiment: $(STAMP)
 	$(BIN)/python tools/experiment.py $(ARGS)

@@ -143,7 +143,7 @@ def write_metrics(model_dir, values: dict[int, dict[str, float]]):
     with writer.as_default():
         for step, metrics in values.items():
             for name, value in metrics.items():
-                tf.summary.scalar(f"eval/{name}", value, step=step)
+                tf.summary.scalar(f"metrics/{name}", value, step=step)
     writer.flush()
     writer.close()
 

@@ -65,12 +65,10 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
     if args.model_dir is None and args.checkpoints is None:
         parser.error("give --model_dir or --checkpoints")
 
-    progress = None
-    if sys.stderr.isatty():
-        def progress(done: int, total: int) -> None:
-            sys.stderr.write(f"\rread {_human(done)} of {_human(total)} ({100 * done // max(total, 1)}%)")
-            if done == total:
-                sys.stderr.write("\n")
+    def show_progress(done: int, total: int) -> None:
+        sys.stderr.write(f"\rread {_human(done)} of {_human(total)} ({100 * done // max(total, 1)}%)")
+        if done == total:
+            sys.stderr.write("\n")
 
     selection = averaging.Selection(
         max_count=args.max_count,
@@ -87,7 +85,7 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
             selection,
             overwrite=args.force,
             drop_optimizer=args.drop_optimizer,
-            progress=progress,
+            progress=show_progress if sys.stderr.isatty() else None,
         )
     except (averaging.AveragingError, averaging.CheckpointError, OSError) as error:
         _fail(parser.prog, str(error))

@@ -1,6 +1,6 @@
 """Reading the evaluation metrics that OpenNMT-tf records, without TensorFlow.
 
-OpenNMT-tf writes each evaluation as TensorBoard scalars ``eval/<metric>`` in event files
+OpenNMT-tf writes each evaluation as TensorBoard scalars ``metrics/<metric>`` in event files
 under ``<model_dir>/eval``. An event file is a sequence of TFRecords (length, masked
 CRC32C of the length, an ``Event`` protocol buffer, masked CRC32C of the data).
 """
@@ -17,7 +17,7 @@ from onmt_trainkit import protowire as pw
 from onmt_trainkit.tensor_bundle import crc32c, mask_crc
 
 _DT_FLOAT, _DT_DOUBLE = 1, 2
-_EVAL_PREFIX = "eval/"
+_EVAL_PREFIX = "metrics/"
 
 
 def _records(path: str):

@@ -113,7 +113,7 @@ def _aside(path: str) -> str:
 
 
 def plot(curves: Sequence[Curve], path: str) -> None:
-    """Draws the curves, marking each one's end of warmup, peak and floor."""
+    """Draws the curves, marking each one's end of warmup (dotted), peak (dot) and floor (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,16 +122,15 @@ def plot(curves: Sequence[Curve], path: str) -> None:
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for curve in curves:
         peak = curve.peak_step
+        warmup = f"warmup {curve.warmup_end}, " if curve.warmup_end else ""
         (line,) = axes.plot(
             np.arange(len(curve.values)), curve.values,
-            label=f"{curve.label} (peak {curve.values[peak]:.3g} at step {peak})",
+            label=f"{curve.label} ({warmup}peak {curve.values[peak]:.3g} at step {peak})",
         )
         color = line.get_color()
         axes.plot([peak], [curve.values[peak]], "o", color=color)
         if curve.warmup_end is not None and curve.warmup_end < len(curve.values):
             axes.axvline(curve.warmup_end, color=color, linestyle=":", linewidth=1)
-            axes.annotate(f"end of warmup ({curve.warmup_end})", (curve.warmup_end, 0),
-                          xytext=(3, 3), textcoords="offset points", fontsize=8, color=color)
         if curve.floor is not None:
             axes.axhline(curve.floor, color=color, linestyle="--", linewidth=1)
             axes.annotate(f"floor {curve.floor:.3g}", (len(curve.values) - 1, curve.floor),

@@ -4,13 +4,13 @@ A checkpoint ``PREFIX`` is an index, ``PREFIX.index``, and data shards,
 ``PREFIX.data-SSSSS-of-NNNNN``. The index is a LevelDB-style sorted table whose empty key
 holds a ``BundleHeaderProto`` and whose other keys are tensor names holding a
 ``BundleEntryProto`` (dtype, shape, shard, offset, size, masked CRC32C of the bytes). The
-data files hold the raw little-endian tensor bytes. Tensors are read through ``mmap`` one
-at a time, so reading costs no more memory than the tensor being used.
+data files hold the raw little-endian tensor bytes. Tensors are read one at a time, into a
+buffer the caller may reuse, so reading costs no more memory than the tensor being used.
 """
 
 from __future__ import annotations
 
-import mmap
+import functools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -75,32 +75,41 @@ class Entry:
     offset: int
     size: int
     crc: int
-    proto: list = field(repr=False, default_factory=list)
+    proto: bytes = field(repr=False, default=b"")
 
     @property
     def dtype_name(self) -> str:
         return DTYPE_NAMES.get(self.dtype, f"dtype {self.dtype}")
 
 
-def _parse_entry(name: str, value: bytes) -> Entry:
-    message = list(pw.fields(value))
-    shape: list[int] = []
-    shape_proto = pw.first(message, 2, b"")
-    for number, _, dim in pw.fields(shape_proto):
-        if number == 2:
-            shape.append(int(pw.first(list(pw.fields(dim)), 1, 0)))
-    if pw.first(message, 7) is not None:
-        raise CheckpointError(f"tensor {name} is partitioned (sliced), which is not supported")
-    return Entry(
-        name=name,
-        dtype=int(pw.first(message, 1, 0)),
-        shape=tuple(shape),
-        shard_id=int(pw.first(message, 3, 0)),
-        offset=int(pw.first(message, 4, 0)),
-        size=int(pw.first(message, 5, 0)),
-        crc=int(pw.first(message, 6, 0)),
-        proto=message,
+@functools.lru_cache(maxsize=None)
+def _parse_shape(shape_proto: bytes) -> tuple[int, ...]:
+    return tuple(
+        next((v for n, _, v in pw.fields(dim) if n == 1), 0)
+        for number, _, dim in pw.fields(shape_proto)
+        if number == 2
     )
+
+
+def _parse_entry(name: str, value: bytes) -> Entry:
+    dtype = shard_id = offset = size = crc = 0
+    shape: tuple[int, ...] = ()
+    for number, _, field_value in pw.fields(value):
+        if number == 1:
+            dtype = field_value
+        elif number == 2:
+            shape = _parse_shape(field_value)
+        elif number == 3:
+            shard_id = field_value
+        elif number == 4:
+            offset = field_value
+        elif number == 5:
+            size = field_value
+        elif number == 6:
+            crc = field_value
+        elif number == 7:
+            raise CheckpointError(f"tensor {name} is partitioned (sliced), which is not supported")
+    return Entry(name, dtype, shape, shard_id, offset, size, crc, value)
 
 
 def _read_block(data: bytes, offset: int, size: int, path: str) -> list[tuple[bytes, bytes]]:
@@ -174,63 +183,61 @@ class CheckpointReader:
         self.num_shards = int(pw.first(self.header, 1, 1))
         if int(pw.first(self.header, 2, 0)) != 0:
             raise CheckpointError(f"{prefix} is big-endian, which is not supported")
-        self._shards: dict[int, mmap.mmap] = {}
+        self._shards: dict[int, BinaryIO] = {}
 
     def data_path(self, shard_id: int) -> str:
         """Returns the path of data shard ``shard_id``."""
         return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
 
-    def _shard(self, shard_id: int) -> mmap.mmap:
+    def _shard(self, shard_id: int) -> BinaryIO:
         if shard_id not in self._shards:
             path = self.data_path(shard_id)
             try:
-                with open(path, "rb") as data_file:
-                    if os.fstat(data_file.fileno()).st_size == 0:
-                        self._shards[shard_id] = mmap.mmap(-1, 1)
-                    else:
-                        self._shards[shard_id] = mmap.mmap(
-                            data_file.fileno(), 0, access=mmap.ACCESS_READ
-                        )
+                self._shards[shard_id] = open(path, "rb", buffering=0)
             except FileNotFoundError:
                 raise CheckpointError(f"checkpoint {self.prefix}: missing data file {path}") from None
         return self._shards[shard_id]
 
-    def raw(self, name: str) -> memoryview:
+    def raw(self, name: str, buffer: bytearray | None = None) -> memoryview:
         """Returns the stored bytes of tensor ``name``, checked against their CRC32C.
+
+        Args:
+          name: The tensor name.
+          buffer: Where to read the bytes (reused between calls to bound memory); a new
+            buffer if ``None`` or too small.
 
         A string tensor's CRC is not that of its bytes; its bytes are returned unchecked.
         """
         entry = self.entries[name]
         shard = self._shard(entry.shard_id)
-        end = entry.offset + entry.size
-        if end > len(shard) and entry.size > 0:
+        if buffer is None or len(buffer) < entry.size:
+            buffer = bytearray(entry.size)
+        view = memoryview(buffer)[: entry.size]
+        read = os.preadv(shard.fileno(), [view], entry.offset) if entry.size else 0
+        if read != entry.size:
             raise CheckpointError(
-                f"checkpoint {self.prefix} is truncated: {name} ends at byte {end} of "
-                f"{self.data_path(entry.shard_id)}, which has {len(shard)}"
+                f"checkpoint {self.prefix} is truncated: {name} ends at byte "
+                f"{entry.offset + entry.size} of {self.data_path(entry.shard_id)}, which has "
+                f"{os.fstat(shard.fileno()).st_size}"
             )
-        view = memoryview(shard)[entry.offset : end]
         if entry.dtype != DT_STRING and mask_crc(crc32c(view)) != entry.crc:
-            view.release()
             raise CheckpointError(
                 f"checkpoint {self.prefix} is corrupt: checksum mismatch for {name}"
             )
         return view
 
-    def array(self, name: str) -> np.ndarray:
-        """Returns tensor ``name`` as a read-only numpy array (bfloat16 as uint16 bits)."""
+    def array(self, name: str, buffer: bytearray | None = None) -> np.ndarray:
+        """Returns tensor ``name`` as a numpy array (bfloat16 as uint16 bits), read into ``buffer``."""
         entry = self.entries[name]
         dtype = NUMPY_DTYPES.get(entry.dtype)
         if dtype is None:
             raise CheckpointError(f"tensor {name} has {entry.dtype_name}, not a numeric type")
-        return np.frombuffer(self.raw(name), dtype=dtype).reshape(entry.shape)
+        return np.frombuffer(self.raw(name, buffer), dtype=dtype).reshape(entry.shape)
 
     def close(self) -> None:
-        """Releases the mapped data files."""
+        """Closes the data files."""
         for shard in self._shards.values():
-            try:
-                shard.close()
-            except BufferError:  # an array still uses it; it is unmapped once released
-                pass
+            shard.close()
         self._shards.clear()
 
     def __enter__(self) -> "CheckpointReader":
@@ -287,7 +294,7 @@ class CheckpointWriter:
         self._data.write(data)
         replaced = {3: (3, pw.VARINT, 0), 4: (4, pw.VARINT, self._offset),
                     5: (5, pw.VARINT, len(data)), 6: (6, pw.FIXED32, crc)}
-        message = [f for f in entry.proto if f[0] not in replaced]
+        message = [f for f in pw.fields(entry.proto) if f[0] not in replaced]
         message += [replaced[number] for number in sorted(replaced)]
         message.sort(key=lambda f: f[0])
         self._entries.append((entry.name.encode("utf-8"), pw.encode(message)))

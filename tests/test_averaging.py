@@ -173,8 +173,8 @@ def test_progress_reports_bytes_read(run, tmp_path):
 
 
 def test_memory_does_not_grow_with_the_number_of_checkpoints(tmp_path):
-    """One tensor's float64 accumulator at a time: averaging 8 checkpoints of a 32 MB tensor
-    allocates no more than averaging 2 (measured with tracemalloc, which sees numpy buffers)."""
+    """One tensor at a time: averaging 8 checkpoints of a 32 MB tensor allocates no more than
+    averaging 2 (measured with tracemalloc, which sees numpy buffers and read buffers)."""
     import tracemalloc
 
     model_dir = tmp_path / "big"
@@ -194,7 +194,8 @@ def test_memory_does_not_grow_with_the_number_of_checkpoints(tmp_path):
         tracemalloc.stop()
     tensor_bytes = 2048 * 4096 * 4
     assert peaks[8] <= peaks[2] * 1.1
-    assert peaks[8] <= 3.2 * tensor_bytes  # the float64 sum and the output, not N tensors
+    # Two float64 half sums, two read buffers and the output: 7 tensors' bytes, whatever N.
+    assert peaks[8] <= 7.5 * tensor_bytes
     assert tf.train.load_checkpoint(str(tmp_path / "avg8")).get_tensor(f"model/weight{VALUE}")[0, 0] == 4.5
 
 

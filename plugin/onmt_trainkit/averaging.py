@@ -317,8 +317,10 @@ def _average_into(
         for name in sorted(newest.entries):
             entry = newest.entries[name]
             if name in averaged_set:
-                sums = pool.map(_partial_sum, halves, [name] * 2, [entry.shape] * 2, buffers)
-                mean = sum(sums) / len(readers)
+                mean, *rest = pool.map(_partial_sum, halves, [name] * 2, [entry.shape] * 2, buffers)
+                for other in rest:
+                    mean += other
+                mean /= len(readers)
                 done += entry.size * len(readers)
                 if progress is not None:
                     progress(done, total)

@@ -1,0 +1,347 @@
+"""A translation experiment comparing training recipes on a real corpus, resumable.
+
+Every recipe trains the same model on the same data for the same number of updates and
+seeds, with ``onmt-main``; recipes that differ only after training (checkpoint averaging)
+share the training run. Each unit of work (a training run, a translation) is skipped when
+its result is already in ``results.json``, and an interrupted training run resumes from its
+last checkpoint, so the command can be run again after an interruption.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import yaml
+
+from onmt_trainkit import averaging
+from onmt_trainkit.events import read_eval_metrics
+
+DING = "/usr/share/trans/de-en"
+SPECIAL_TOKENS = ("<blank>", "<s>", "</s>")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: ``params``/``train`` overrides, and whether to average checkpoints."""
+
+    name: str
+    description: str
+    training: str
+    params: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    average: int = 0
+
+
+def recipes(peak: float, warmup: int, model_dim: int, ema: float, average: int) -> list[Recipe]:
+    """The compared recipes; every schedule peaks at ``peak`` after ``warmup`` steps."""
+    noam = {"learning_rate": peak * model_dim**0.5 * warmup**0.5, "decay_type": "NoamDecay",
+            "decay_params": {"model_dim": model_dim, "warmup_steps": warmup}}
+    linear = {"learning_rate": peak, "warmup_steps": warmup, "decay_type": "PolynomialDecay",
+              "decay_params": {"decay_steps": "max_step", "end_learning_rate": 0}}
+    with_ema = {"moving_average_decay": ema}
+    return [
+        Recipe("constant", "constant Adam 1e-3 (Keras's default)", "constant", {"learning_rate": 1e-3}),
+        Recipe("noam", "Noam warmup + decay", "noam", noam),
+        Recipe("noam_ema", f"Noam + EMA {ema}", "noam_ema", noam, with_ema),
+        Recipe("noam_avg", f"Noam + average of the last {average} checkpoints", "noam", noam, average=average),
+        Recipe("noam_ema_avg", "Noam + EMA + average", "noam_ema", noam, with_ema, average=average),
+        Recipe("warmup_linear", "warmup + linear decay to 0 (BERT)", "warmup_linear", linear),
+    ]
+
+
+@dataclass
+class Settings:
+    """The experiment's budget and model."""
+
+    max_step: int = 3000
+    seeds: tuple[int, ...] = (1, 2, 3)
+    vocab_size: int = 8000
+    batch_size: int = 2048
+    model_file: str = os.path.join(ROOT, "configs", "models", "small_transformer.py")
+    model_dim: int = 128
+    peak: float = 2e-3
+    warmup: int = 400
+    ema: float = 0.999
+    average: int = 5
+    eval_every: int = 500
+    beam_width: int = 4
+    dev_size: int = 1000
+    test_size: int = 1000
+    max_train: int | None = None
+
+
+QUICK = dict(max_step=300, seeds=(1,), vocab_size=2000, max_train=3000, dev_size=200, test_size=200,
+             eval_every=100, beam_width=1, warmup=100, ema=0.99, average=3)
+
+
+def read_ding(path: str = DING) -> list[tuple[str, str]]:
+    """Returns the example-sentence pairs of the Ding German-English dictionary.
+
+    A line is ``German entries :: English entries``, entries separated by `` | `` and
+    aligned; a pair is kept when both sides end like a sentence (``.``, ``!``, ``?``) and
+    have at least three words. Duplicates are dropped.
+    """
+    pairs, seen = [], set()
+    with open(path, encoding="utf-8") as ding:
+        for line in ding:
+            if line.startswith("#") or " :: " not in line:
+                continue
+            german, english = line.rstrip("\n").split(" :: ", 1)
+            germans, englishes = german.split(" | "), english.split(" | ")
+            if len(germans) != len(englishes):
+                continue
+            for de, en in zip(germans, englishes):
+                de, en = de.strip(), en.strip()
+                if not (re.search(r"[.!?]$", de) and re.search(r"[.!?]$", en)):
+                    continue
+                if len(de.split()) < 3 or len(en.split()) < 3 or (de, en) in seen:
+                    continue
+                seen.add((de, en))
+                pairs.append((de, en))
+    return pairs
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as lines:
+        return [line.rstrip("\n") for line in lines]
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as output:
+        output.write("".join(line + "\n" for line in lines))
+    os.replace(temporary, path)
+
+
+def split_corpus(pairs: list[tuple[str, str]], settings: Settings, seed: int = 0) -> dict[str, list]:
+    """Shuffles with ``seed``, then takes the test set, the dev set and the rest for training."""
+    pairs = list(pairs)
+    random.Random(seed).shuffle(pairs)
+    test = pairs[: settings.test_size]
+    dev = pairs[settings.test_size : settings.test_size + settings.dev_size]
+    train = pairs[settings.test_size + settings.dev_size :]
+    if settings.max_train is not None:
+        train = train[: settings.max_train]
+    return {"train": train, "dev": dev, "test": test}
+
+
+def prepare_data(work_dir: str, splits: dict[str, list], settings: Settings) -> dict[str, str]:
+    """Writes raw and SentencePiece-encoded files and the vocabulary; returns their paths."""
+    import sentencepiece
+
+    data_dir = os.path.join(work_dir, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    paths = {}
+    for split, pairs in splits.items():
+        for side, index in (("src", 0), ("tgt", 1)):
+            paths[f"{split}_{side}_raw"] = os.path.join(data_dir, f"{split}.raw.{side}")
+            _write_lines(paths[f"{split}_{side}_raw"], [pair[index] for pair in pairs])
+    model_prefix = os.path.join(data_dir, "spm")
+    if not os.path.exists(model_prefix + ".model"):
+        joint = os.path.join(data_dir, "joint.raw")
+        _write_lines(joint, _read_lines(paths["train_src_raw"]) + _read_lines(paths["train_tgt_raw"]))
+        sentencepiece.SentencePieceTrainer.train(
+            input=joint, model_prefix=model_prefix, vocab_size=settings.vocab_size,
+            character_coverage=1.0, model_type="unigram", input_sentence_size=1_000_000,
+            shuffle_input_sentence=True, minloglevel=2, num_threads=2,
+        )
+    processor = sentencepiece.SentencePieceProcessor(model_file=model_prefix + ".model")
+    paths["spm"] = model_prefix + ".model"
+    for split in splits:
+        for side in ("src", "tgt"):
+            paths[f"{split}_{side}"] = os.path.join(data_dir, f"{split}.sp.{side}")
+            encoded = processor.encode(_read_lines(paths[f"{split}_{side}_raw"]), out_type=str)
+            _write_lines(paths[f"{split}_{side}"], [" ".join(pieces) for pieces in encoded])
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    paths["vocab"] = os.path.join(data_dir, "vocab.txt")
+    _write_lines(paths["vocab"], [*SPECIAL_TOKENS, *(p for p in pieces if p not in ("<unk>", "<s>", "</s>"))])
+    return paths
+
+
+def training_config(recipe: Recipe, seed: int, paths: dict[str, str], settings: Settings, work_dir: str) -> dict:
+    """The ``onmt-main`` configuration of a recipe's training run."""
+    params = {"optimizer": "Adam", "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
+              "label_smoothing": 0.1, "average_loss_in_time": True,
+              "beam_width": settings.beam_width, **copy.deepcopy(recipe.params)}
+    return {
+        "model_dir": os.path.join(work_dir, "runs", f"{recipe.training}-seed{seed}"),
+        "data": {
+            "train_features_file": paths["train_src"], "train_labels_file": paths["train_tgt"],
+            "eval_features_file": paths["dev_src"], "eval_labels_file": paths["dev_tgt"],
+            "source_vocabulary": paths["vocab"], "target_vocabulary": paths["vocab"],
+        },
+        "params": params,
+        "train": {"batch_type": "tokens", "batch_size": settings.batch_size, "max_step": settings.max_step,
+                  "save_checkpoints_steps": max(settings.max_step // 10, 1), "keep_checkpoint_max": 10,
+                  "save_summary_steps": max(settings.max_step // 30, 1), "maximum_features_length": 100,
+                  "maximum_labels_length": 100, "sample_buffer_size": -1, **recipe.train},
+        "eval": {"steps": settings.eval_every, "batch_size": 64, "batch_type": "examples"},
+        "infer": {"batch_size": 64, "batch_type": "examples"},
+    }
+
+
+class Experiment:
+    """Runs the recipes and records their results in ``<work_dir>/results.json``."""
+
+    def __init__(self, work_dir: str, settings: Settings, log: Callable[[str], None] = print):
+        self.work_dir = os.path.abspath(work_dir)
+        self.settings = settings
+        self.log = log
+        self.results_path = os.path.join(self.work_dir, "results.json")
+        self.results: dict = {"settings": asdict(settings), "runs": {}, "scores": {}}
+        if os.path.exists(self.results_path):
+            with open(self.results_path, encoding="utf-8") as saved:
+                previous = json.load(saved)
+            if previous.get("settings") == json.loads(json.dumps(asdict(settings))):
+                self.results = previous
+            else:
+                self.log("settings changed since the last run: starting the results again")
+        self.onmt_main = os.path.join(os.path.dirname(sys.executable), "onmt-main")
+
+    def _save(self) -> None:
+        temporary = self.results_path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as output:
+            json.dump(self.results, output, indent=1, sort_keys=True)
+        os.replace(temporary, self.results_path)
+
+    def _run(self, command: list[str], log_name: str) -> None:
+        log_path = os.path.join(self.work_dir, "logs", log_name)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
+
+    def train(self, recipe: Recipe, seed: int, paths: dict[str, str]) -> str:
+        """Trains a recipe's run (or resumes it); returns its model directory."""
+        key = f"{recipe.training}-seed{seed}"
+        config = training_config(recipe, seed, paths, self.settings, self.work_dir)
+        if key in self.results["runs"]:
+            return config["model_dir"]
+        config_path = os.path.join(self.work_dir, "configs", f"{key}.yml")
+        os.makedirs(os.path.dirname(config_path), exist_ok=True)
+        with open(config_path, "w", encoding="utf-8") as output:
+            yaml.safe_dump(config, output, sort_keys=False)
+        self.log(f"training {key} ({self.settings.max_step} updates)")
+        start = time.time()
+        self._run([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
+                   "--seed", str(seed), "train", "--with_eval"], f"{key}.train.log")
+        dev = read_eval_metrics(config["model_dir"])
+        self.results["runs"][key] = {
+            "seconds": round(time.time() - start),
+            "config": config_path,
+            "dev_loss": {str(step): metrics["loss"] for step, metrics in sorted(dev.items()) if "loss" in metrics},
+        }
+        self._save()
+        return config["model_dir"]
+
+    def score(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
+        """Translates the test set with the recipe's model and scores it with sacrebleu."""
+        key = f"{recipe.name}-seed{seed}"
+        if key in self.results["scores"]:
+            return
+        import sacrebleu
+        import sentencepiece
+
+        if recipe.average:
+            averaged = os.path.join(self.work_dir, "averaged", key)
+            averaging.average_checkpoints(model_dir, averaged, averaging.Selection(max_count=recipe.average),
+                                          overwrite=True)
+            model_dir = averaged
+        self.log(f"translating the test set with {key}")
+        predictions = os.path.join(self.work_dir, "predictions", f"{key}.sp")
+        os.makedirs(os.path.dirname(predictions), exist_ok=True)
+        config_path = os.path.join(self.work_dir, "configs", f"{recipe.training}-seed{seed}.yml")
+        self._run([self.onmt_main, "--config", config_path, "--model_dir", model_dir, "infer",
+                   "--features_file", paths["test_src"], "--predictions_file", predictions],
+                  f"{key}.infer.log")
+        processor = sentencepiece.SentencePieceProcessor(model_file=paths["spm"])
+        hypotheses = [processor.decode(line.split()) for line in _read_lines(predictions)]
+        references = _read_lines(paths["test_tgt_raw"])
+        self.results["scores"][key] = {
+            "recipe": recipe.name, "seed": seed,
+            "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
+            "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
+        }
+        self._save()
+
+    def run(self, splits: dict[str, list], selected: list[Recipe]) -> None:
+        """Prepares the data, then trains and scores every recipe for every seed."""
+        os.makedirs(self.work_dir, exist_ok=True)
+        paths = prepare_data(self.work_dir, splits, self.settings)
+        units = [(seed, recipe) for seed in self.settings.seeds for recipe in selected]
+        for index, (seed, recipe) in enumerate(units, 1):
+            self.log(f"[{index}/{len(units)}] {recipe.name}, seed {seed}")
+            model_dir = self.train(recipe, seed, paths)
+            self.score(recipe, seed, model_dir, paths)
+
+
+def summary(results: dict, selected: list[Recipe]) -> list[dict]:
+    """Returns one row per recipe: BLEU and chrF mean and standard deviation over seeds."""
+    rows = []
+    for recipe in selected:
+        scores = [s for s in results["scores"].values() if s["recipe"] == recipe.name]
+        if not scores:
+            continue
+        row = {"recipe": recipe.name, "description": recipe.description, "seeds": len(scores)}
+        for metric in ("bleu", "chrf"):
+            values = [s[metric] for s in scores]
+            row[metric] = statistics.mean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Formats :func:`summary` rows as a Markdown table."""
+    lines = ["| recipe | seeds | BLEU (mean ± sd) | chrF (mean ± sd) |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['description']} | {row['seeds']} | {row['bleu']:.2f} ± {row['bleu_std']:.2f} "
+                     f"| {row['chrf']:.1f} ± {row['chrf_std']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, selected: list[Recipe], path: str) -> None:
+    """Draws the learning-rate curve of each training recipe and its dev loss against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from onmt_trainkit import plotting
+
+    figure, (rates, losses) = plt.subplots(1, 2, figsize=(12, 4.5))
+    trainings = {}
+    for recipe in selected:
+        trainings.setdefault(recipe.training, recipe)
+    for training, recipe in trainings.items():
+        runs = {k: v for k, v in results["runs"].items() if k.startswith(f"{training}-seed")}
+        if not runs:
+            continue
+        config_path = next(iter(runs.values()))["config"]
+        curve = plotting.curve_from_files([config_path])
+        (line,) = rates.plot(curve.values, label=training)
+        for run in runs.values():
+            steps = sorted(int(s) for s in run["dev_loss"])
+            losses.plot(steps, [run["dev_loss"][str(s)] for s in steps], color=line.get_color(),
+                        marker="o", markersize=3, alpha=0.8,
+                        label=training if run is next(iter(runs.values())) else None)
+    rates.set(xlabel="training step", ylabel="learning rate", title="Learning rate")
+    losses.set(xlabel="training step", ylabel="dev loss", title="Dev loss (one line per seed)")
+    for axes in (rates, losses):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

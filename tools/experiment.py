@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Compare training recipes on a real corpus: train, translate, score, tabulate (resumable).
+
+    python tools/experiment.py                      # German-English example sentences (Ding)
+    python tools/experiment.py --quick              # a few minutes, to try the pipeline
+    python tools/experiment.py --corpus DIR         # DIR/{train,dev,test}.{src,tgt}, any language pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from onmt_trainkit import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _log(message: str) -> None:
+    print(time.strftime("%H:%M:%S ") + message, flush=True)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"experiment: error: {message}\n")
+    sys.exit(2)
+
+
+def _ding(path: str) -> list[tuple[str, str]]:
+    if not os.path.exists(path) and path == experiment.DING and os.geteuid() == 0 and shutil.which("apt-get"):
+        _log("installing Debian's trans-de-en (the Ding dictionary)")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "trans-de-en"], check=False)
+    if not os.path.exists(path):
+        _fail(f"{path} not found: install Debian's trans-de-en (apt-get install trans-de-en) or give --ding FILE")
+    return experiment.read_ding(path)
+
+
+def _corpus(directory: str) -> dict[str, list]:
+    splits = {}
+    for split in ("train", "dev", "test"):
+        sides = []
+        for side in ("src", "tgt"):
+            path = os.path.join(directory, f"{split}.{side}")
+            if not os.path.isfile(path):
+                _fail(f"--corpus {directory}: missing {path} (expected train, dev and test .src/.tgt files)")
+            with open(path, encoding="utf-8") as lines:
+                sides.append([line.rstrip("\n") for line in lines])
+        if len(sides[0]) != len(sides[1]) or not sides[0]:
+            _fail(f"--corpus {directory}: {split}.src and {split}.tgt must have the same, non-zero number of lines")
+        splits[split] = list(zip(*sides))
+    return splits
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work_dir", default=os.path.join(ROOT, "run", "experiment"))
+    parser.add_argument("--results_dir", default=os.path.join(ROOT, "experiments", "de-en"),
+                        help="Where results.json, results.md and curves.png are written at the end.")
+    parser.add_argument("--quick", action="store_true", help="A few minutes: small data, 300 updates, 1 seed.")
+    parser.add_argument("--corpus", help="Directory with train/dev/test .src/.tgt plain-text files.")
+    parser.add_argument("--ding", default=experiment.DING, help="The Ding dictionary file.")
+    parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
+    parser.add_argument("--max_step", type=int, help="Training updates per run.")
+    parser.add_argument("--seeds", help="Comma-separated seeds, e.g. 1,2,3.")
+    args = parser.parse_args()
+
+    settings = experiment.Settings(**(experiment.QUICK if args.quick else {}))
+    if args.max_step is not None:
+        settings = dataclasses.replace(settings, max_step=args.max_step)
+    if args.seeds:
+        settings = dataclasses.replace(settings, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    all_recipes = experiment.recipes(settings.peak, settings.warmup, settings.model_dim, settings.ema,
+                                     settings.average)
+    selected = all_recipes
+    if args.recipes:
+        names = args.recipes.split(",")
+        unknown = sorted(set(names) - {r.name for r in all_recipes})
+        if unknown:
+            _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {', '.join(r.name for r in all_recipes)}")
+        selected = [r for r in all_recipes if r.name in names]
+
+    if args.corpus:
+        splits = _corpus(args.corpus)
+        if settings.max_train is not None:
+            splits["train"] = splits["train"][: settings.max_train]
+    else:
+        splits = experiment.split_corpus(_ding(args.ding), settings)
+    _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test pairs; "
+         f"{len(selected)} recipes x {len(settings.seeds)} seeds, {settings.max_step} updates each")
+
+    runner = experiment.Experiment(args.work_dir, settings, log=_log)
+    runner.run(splits, selected)
+
+    os.makedirs(args.results_dir, exist_ok=True)
+    rows = experiment.summary(runner.results, selected)
+    table = experiment.markdown_table(rows)
+    shutil.copyfile(runner.results_path, os.path.join(args.results_dir, "results.json"))
+    with open(os.path.join(args.results_dir, "results.md"), "w", encoding="utf-8") as output:
+        output.write(table)
+    experiment.plot(runner.results, selected, os.path.join(args.results_dir, "curves.png"))
+    print("\n" + table)
+    _log(f"results in {args.results_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,3 +53,15 @@ def wrapped(schedule, step, warmup=0, warmup_rate=0.0, start=0, duration=1, floo
         return after
     ramp = warmup_rate + (schedule(np.zeros_like(step)) - warmup_rate) * step / warmup
     return np.where(step < warmup, ramp, after)
+
+
+def cosine_restarts(step, initial, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0):
+    fraction = np.asarray(step, dtype=np.float64) / first_decay_steps
+    if t_mul == 1.0:
+        restart = np.floor(fraction)
+        fraction = fraction - restart
+    else:
+        restart = np.floor(np.log(1 - fraction * (1 - t_mul)) / np.log(t_mul))
+        fraction = (fraction - (1 - t_mul**restart) / (1 - t_mul)) / t_mul**restart
+    cosine = 0.5 * m_mul**restart * (1 + np.cos(np.pi * fraction))
+    return initial * ((1 - alpha) * cosine + alpha)

@@ -57,6 +57,30 @@ def test_max_step_is_what_remains_after_warmup_and_delay():
     assert params["decay_params"]["decay_steps"] == "max_step"  # the user's config is not modified
 
 
+KERAS_CASES = {
+    "PolynomialDecay": ({"decay_steps": 1000, "end_learning_rate": 1e-5, "power": 2.0},
+                        lambda s: ref.polynomial(s, 1e-3, 1000, end=1e-5, power=2.0)),
+    "CosineDecay": ({"decay_steps": 1000, "alpha": 0.1}, lambda s: ref.cosine(s, 1e-3, 1000, alpha=0.1)),
+    "CosineDecayRestarts": ({"first_decay_steps": 300, "t_mul": 2.0, "m_mul": 0.5, "alpha": 0.05},
+                            lambda s: ref.cosine_restarts(s, 1e-3, 300, 2.0, 0.5, 0.05)),
+    "ExponentialDecay": ({"decay_steps": 250, "decay_rate": 0.3}, lambda s: ref.exponential(s, 1e-3, 250, 0.3)),
+    "InverseTimeDecay": ({"decay_steps": 100, "decay_rate": 0.5}, lambda s: ref.inverse_time(s, 1e-3, 100, 0.5)),
+    "PiecewiseConstantDecay": ({"boundaries": [300, 800], "values": [1e-3, 5e-4, 1e-4]},
+                               lambda s: ref.piecewise(s, [300, 800], [1e-3, 5e-4, 1e-4])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_CASES))
+def test_every_keras_schedule_works_behind_a_warmup(name):
+    decay_params, reference = KERAS_CASES[name]
+    params = {"learning_rate": 1e-3, "decay_type": name, "decay_params": decay_params,
+              "warmup_steps": 50, "warmup_learning_rate": 1e-5}
+    steps = sorted({0, 1, 49, 50, 51, 299, 300, 301, 799, 800, 801, 1049, 1050, 1051, 5000}
+                   | set(range(0, 2000, 7)))
+    expected = ref.wrapped(reference, steps, warmup=50, warmup_rate=1e-5)
+    np.testing.assert_allclose(curve(params, steps), expected, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize(
     "params,max_step,message",
     [

@@ -67,11 +67,17 @@ def main() -> int:
     parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
     parser.add_argument("--max_step", type=int, help="Training updates per run.")
     parser.add_argument("--seeds", help="Comma-separated seeds, e.g. 1,2,3.")
+    parser.add_argument("--vocab_size", type=int, help="SentencePiece vocabulary size.")
+    parser.add_argument("--model", help="Model file (default: configs/models/small_transformer.py).")
     args = parser.parse_args()
 
     settings = experiment.Settings(**(experiment.QUICK if args.quick else {}))
     if args.max_step is not None:
         settings = dataclasses.replace(settings, max_step=args.max_step)
+    if args.vocab_size is not None:
+        settings = dataclasses.replace(settings, vocab_size=args.vocab_size)
+    if args.model is not None:
+        settings = dataclasses.replace(settings, model_file=os.path.abspath(args.model))
     if args.seeds:
         settings = dataclasses.replace(settings, seeds=tuple(int(s) for s in args.seeds.split(",")))
     all_recipes = experiment.recipes(settings.peak, settings.warmup, settings.model_dim, settings.ema,

@@ -154,7 +154,7 @@ def prepare_data(work_dir: str, splits: dict[str, list], settings: Settings) -> 
         sentencepiece.SentencePieceTrainer.train(
             input=joint, model_prefix=model_prefix, vocab_size=settings.vocab_size,
             character_coverage=1.0, model_type="unigram", input_sentence_size=1_000_000,
-            shuffle_input_sentence=True, minloglevel=2, num_threads=2,
+            shuffle_input_sentence=True, minloglevel=2, num_threads=2, hard_vocab_limit=False,
         )
     processor = sentencepiece.SentencePieceProcessor(model_file=model_prefix + ".model")
     paths["spm"] = model_prefix + ".model"

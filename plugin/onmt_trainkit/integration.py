@@ -117,14 +117,13 @@ def _average_checkpoints(
 ) -> str:
     """Replaces ``opennmt.utils.checkpoint.average_checkpoints`` (same signature)."""
     if isinstance(model_dir, (list, tuple)):
-        selection = averaging.Selection(checkpoints=list(model_dir))
+        newest = sorted(model_dir, key=averaging.checkpoint_step)[-max_count:]
+        selection = averaging.Selection(checkpoints=newest)
         source_dir = None
     else:
         selection = averaging.Selection(max_count=max_count)
         source_dir = model_dir
-    result = averaging.average_checkpoints(
-        source_dir, output_dir, selection, overwrite=True
-    )
+    result = averaging.average_checkpoints(source_dir, output_dir, selection, overwrite=True)
     tf.get_logger().info("Saved averaged checkpoint to %s", result.checkpoint_prefix)
     return output_dir
 

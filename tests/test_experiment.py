@@ -1,0 +1,48 @@
+"""The experiment pipeline on a few hundred lines and a handful of steps."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from conftest import tool
+from onmt_trainkit import experiment, toy_corpus
+
+
+def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    for split, count, seed in (("train", 300, 0), ("dev", 30, 1), ("test", 30, 2)):
+        paths = toy_corpus.write_corpus(str(tmp_path / split), num_train=count, num_test=1, seed=seed)
+        for side in ("src", "tgt"):
+            os.replace(paths[f"train_{side}"], corpus_dir / f"{split}.{side}")
+    args = ["--corpus", str(corpus_dir), "--quick", "--max_step", "6", "--vocab_size", "40",
+            "--model", model_file, "--recipes", "noam,noam_ema_avg",
+            "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")]
+    first = tool("experiment.py", *args)
+    assert "training noam-seed1" in first.stdout and "training noam_ema-seed1" in first.stdout
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert set(results["scores"]) == {"noam-seed1", "noam_ema_avg-seed1"}
+    for score in results["scores"].values():
+        assert 0 <= score["bleu"] <= 100 and 0 <= score["chrf"] <= 100
+    assert set(results["runs"]["noam_ema-seed1"]["dev_loss"]) == {"6"}
+    table = (tmp_path / "results" / "results.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| Noam warmup + decay | 1 |")
+    assert (tmp_path / "results" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Run again: nothing is trained or translated again.
+    second = tool("experiment.py", *args)
+    assert "training" not in second.stdout and "translating" not in second.stdout
+    assert json.loads((tmp_path / "results" / "results.json").read_text())["scores"] == results["scores"]
+
+
+def test_ding_extraction(tmp_path):
+    ding = tmp_path / "de-en"
+    ding.write_text(
+        "# header :: ignored\n"
+        "Haus {n} | Das Haus ist alt. | Ein Satz hier. :: house | The house is old. | One sentence here.\n"
+        "Baum {m} | Der Baum ist hoch. :: tree\n"  # sides not aligned
+        "Kurz. :: Short.\n"  # fewer than three words
+        "Das Haus ist alt. :: The house is old.\n"  # a duplicate
+    )
+    assert experiment.read_ding(str(ding)) == [
+        ("Das Haus ist alt.", "The house is old."), ("Ein Satz hier.", "One sentence here.")]

@@ -24,10 +24,10 @@ def advance(weights, step, moving_average, value, at):
 
 
 def test_effective_decay():
-    assert effective_decay(0.9999, 0) == pytest.approx(0.1)
-    assert effective_decay(0.9999, 10) == pytest.approx(11 / 20)
-    assert effective_decay(0.5, 20) == 0.5
-    assert effective_decay(0.9999, 10**6) == 0.9999
+    assert float(effective_decay(0.9999, 0)) == pytest.approx(0.1)
+    assert float(effective_decay(0.9999, 10)) == pytest.approx(11 / 20)
+    assert float(effective_decay(0.5, 20)) == 0.5
+    assert float(effective_decay(0.9999, 10**6)) == pytest.approx(0.9999)
 
 
 def test_update_hand_computed():

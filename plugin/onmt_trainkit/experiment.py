@@ -191,6 +191,18 @@ def training_config(recipe: Recipe, seed: int, paths: dict[str, str], settings: 
     }
 
 
+def _comparable(settings: dict) -> dict:
+    """The settings that change results (more or fewer seeds keep the finished ones)."""
+    return {key: value for key, value in settings.items() if key != "seeds"}
+
+
+def _trained_up_to(model_dir: str) -> int:
+    try:
+        return averaging.checkpoint_step(averaging.listed_checkpoints(model_dir)[-1])
+    except averaging.AveragingError:
+        return 0
+
+
 class Experiment:
     """Runs the recipes and records their results in ``<work_dir>/results.json``."""
 
@@ -203,8 +215,9 @@ class Experiment:
         if os.path.exists(self.results_path):
             with open(self.results_path, encoding="utf-8") as saved:
                 previous = json.load(saved)
-            if previous.get("settings") == json.loads(json.dumps(asdict(settings))):
+            if _comparable(previous.get("settings", {})) == _comparable(json.loads(json.dumps(asdict(settings)))):
                 self.results = previous
+                self.results["settings"] = json.loads(json.dumps(asdict(settings)))
             else:
                 self.log("settings changed since the last run: starting the results again")
         self.onmt_main = os.path.join(os.path.dirname(sys.executable), "onmt-main")
@@ -233,10 +246,11 @@ class Experiment:
         os.makedirs(os.path.dirname(config_path), exist_ok=True)
         with open(config_path, "w", encoding="utf-8") as output:
             yaml.safe_dump(config, output, sort_keys=False)
-        self.log(f"training {key} ({self.settings.max_step} updates)")
         start = time.time()
-        self._run([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
-                   "--seed", str(seed), "train", "--with_eval"], f"{key}.train.log")
+        if _trained_up_to(config["model_dir"]) < self.settings.max_step:
+            self.log(f"training {key} ({self.settings.max_step} updates)")
+            self._run([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
+                       "--seed", str(seed), "train", "--with_eval"], f"{key}.train.log")
         dev = read_eval_metrics(config["model_dir"])
         self.results["runs"][key] = {
             "seconds": round(time.time() - start),

@@ -10,15 +10,16 @@ import tensorflow as tf
 from onmt_trainkit.errors import check_number
 
 
-def effective_decay(decay: float, step: int) -> float:
-    r"""Returns the decay applied by the update at training step ``step``.
+def effective_decay(decay: float, step: int | tf.Tensor) -> tf.Tensor:
+    r"""Returns the decay applied by the update at training step ``step`` (float32).
 
     .. math:: d_t = \min\left(d, \frac{1 + t}{10 + t}\right)
 
     as in ``tf.train.ExponentialMovingAverage(decay, num_updates=step)``, so the average
     warms up quickly at the start of training.
     """
-    return min(decay, (1.0 + step) / (10.0 + step))
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(tf.constant(decay, tf.float32), (1.0 + step) / (10.0 + step))
 
 
 def check_decay(decay: object, key: str = "decay") -> float:
@@ -112,10 +113,7 @@ class MovingAverage:
           The decay :math:`d_t` that was applied (0 for the first update).
         """
         def _average() -> tf.Tensor:
-            step = tf.cast(self._step, tf.float32)
-            decay = tf.minimum(
-                tf.constant(self._decay, tf.float32), (1.0 + step) / (10.0 + step)
-            )
+            decay = effective_decay(self._decay, self._step)
             if tf.distribute.has_strategy():
                 _move_towards(self.state.weights, self._variables, 1.0 - decay)
             else:

@@ -171,9 +171,11 @@ def prepare_data(work_dir: str, splits: dict[str, list], settings: Settings) -> 
 
 def training_config(recipe: Recipe, seed: int, paths: dict[str, str], settings: Settings, work_dir: str) -> dict:
     """The ``onmt-main`` configuration of a recipe's training run."""
+    # OpenNMT-tf's evaluation also decodes the dev set: greedily here, and no longer than
+    # the longest training example, so that measuring the dev loss stays cheap.
     params = {"optimizer": "Adam", "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
-              "label_smoothing": 0.1, "average_loss_in_time": True,
-              "beam_width": settings.beam_width, **copy.deepcopy(recipe.params)}
+              "label_smoothing": 0.1, "average_loss_in_time": True, "beam_width": 1,
+              "maximum_decoding_length": 100, **copy.deepcopy(recipe.params)}
     return {
         "model_dir": os.path.join(work_dir, "runs", f"{recipe.training}-seed{seed}"),
         "data": {
@@ -277,7 +279,11 @@ class Experiment:
         predictions = os.path.join(self.work_dir, "predictions", f"{key}.sp")
         os.makedirs(os.path.dirname(predictions), exist_ok=True)
         config_path = os.path.join(self.work_dir, "configs", f"{recipe.training}-seed{seed}.yml")
-        self._run([self.onmt_main, "--config", config_path, "--model_dir", model_dir, "infer",
+        decoding = os.path.join(self.work_dir, "configs", "decoding.yml")
+        with open(decoding, "w", encoding="utf-8") as output:
+            yaml.safe_dump({"params": {"beam_width": self.settings.beam_width,
+                                       "maximum_decoding_length": 250}}, output)
+        self._run([self.onmt_main, "--config", config_path, decoding, "--model_dir", model_dir, "infer",
                    "--features_file", paths["test_src"], "--predictions_file", predictions],
                   f"{key}.infer.log")
         processor = sentencepiece.SentencePieceProcessor(model_file=paths["spm"])

@@ -196,9 +196,8 @@ def test_memory_does_not_grow_with_the_number_of_checkpoints(tmp_path):
         tracemalloc.stop()
     tensor_bytes = 2048 * 4096 * 4
     assert peaks[8] <= peaks[2] * 1.1
-    # Two float64 half sums (4 tensors' bytes), two read buffers, a copy buffer and the
-    # outputs being written or waiting (2): at most 9 tensors' bytes, whatever N.
-    assert peaks[8] <= 9 * tensor_bytes
+    # Two float64 half sums, two read buffers and the output: 7 tensors' bytes, whatever N.
+    assert peaks[8] <= 7.5 * tensor_bytes
     assert tf.train.load_checkpoint(str(tmp_path / "avg8")).get_tensor(f"model/weight{VALUE}")[0, 0] == 4.5
 
 
@@ -233,12 +232,11 @@ def test_cli_shows_progress_on_a_terminal(run, tmp_path):
     model_dir, _ = run
     output = tmp_path / "avg"
     command = f"onmt-trainkit-average --model_dir {model_dir} --output_dir {output} --max_count 2"
-    process = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+    process = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True,
                              env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]))
-    screen = process.stdout.decode()
-    assert process.returncode == 0, screen
-    assert "\rread " in screen and "(100%)" in screen
-    assert f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {output}/ckpt-500" in screen
+    assert process.returncode == 0, process.stdout
+    assert "\rread " in process.stdout and "(100%)" in process.stdout
+    assert f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {output}/ckpt-500" in process.stdout
 
 
 def test_cli_refuses_an_existing_output_unless_forced(run, tmp_path):

@@ -232,11 +232,12 @@ def test_cli_shows_progress_on_a_terminal(run, tmp_path):
     model_dir, _ = run
     output = tmp_path / "avg"
     command = f"onmt-trainkit-average --model_dir {model_dir} --output_dir {output} --max_count 2"
-    process = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True,
+    process = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
                              env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]))
-    assert process.returncode == 0, process.stdout
-    assert "\rread " in process.stdout and "(100%)" in process.stdout
-    assert f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {output}/ckpt-500" in process.stdout
+    screen = process.stdout.decode()
+    assert process.returncode == 0, screen
+    assert "\rread " in screen and "(100%)" in screen
+    assert f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {output}/ckpt-500" in screen
 
 
 def test_cli_refuses_an_existing_output_unless_forced(run, tmp_path):

@@ -327,8 +327,12 @@ def markdown_table(rows: list[dict]) -> str:
     """Formats :func:`summary` rows as a Markdown table."""
     lines = ["| recipe | seeds | BLEU (mean ± sd) | chrF (mean ± sd) |", "|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['description']} | {row['seeds']} | {row['bleu']:.2f} ± {row['bleu_std']:.2f} "
-                     f"| {row['chrf']:.1f} ± {row['chrf_std']:.1f} |")
+        if row["seeds"] > 1:
+            bleu = f"{row['bleu']:.2f} ± {row['bleu_std']:.2f}"
+            chrf = f"{row['chrf']:.1f} ± {row['chrf_std']:.1f}"
+        else:
+            bleu, chrf = f"{row['bleu']:.2f}", f"{row['chrf']:.1f}"
+        lines.append(f"| {row['description']} | {row['seeds']} | {bleu} | {chrf} |")
     return "\n".join(lines) + "\n"
 
 
@@ -357,7 +361,7 @@ def plot(results: dict, selected: list[Recipe], path: str) -> None:
             losses.plot(steps, [run["dev_loss"][str(s)] for s in steps], color=line.get_color(),
                         marker="o", markersize=3, alpha=0.8,
                         label=training if run is next(iter(runs.values())) else None)
-    rates.set(xlabel="training step", ylabel="learning rate", title="Learning rate")
+    rates.set(xlabel="training step", ylabel="learning rate", title="Learning rate", ylim=(0, None))
     losses.set(xlabel="training step", ylabel="dev loss", title="Dev loss (one line per seed)")
     for axes in (rates, losses):
         axes.grid(alpha=0.3)

@@ -108,6 +108,9 @@ def test_worked_example_logs_the_floor(tmp_path, corpus, model_file):
 MIRRORED = """
 import sys
 import tensorflow as tf
+# The two replicas' collective operations wait for each other: with the default pool of
+# one thread per core, both threads of a 2-core machine can end up waiting.
+tf.config.threading.set_inter_op_parallelism_threads(8)
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])

@@ -66,7 +66,8 @@ class MovingAverage:
     .. math:: a \leftarrow a - (a - w)(1 - d_t), \quad d_t = \min(d, (1 + t) / (10 + t))
 
     except the first update after construction, which copies the weights (:math:`d_t = 0`).
-    Outside a distribution strategy the update is compiled with XLA into one pass over memory.
+    For variables created outside a distribution strategy, the update is compiled with XLA
+    into one pass over memory.
     For a run that creates the average after its first step, as OpenNMT-tf does, the
     values are those of ``opennmt.training.MovingAverage``. The state (the average and the
     number of updates) is a trackable :attr:`state` that can be saved in a checkpoint.
@@ -94,7 +95,10 @@ class MovingAverage:
         sizes = [variable.shape.num_elements() or 0 for variable in self._variables]
         by_size = sorted(range(len(sizes)), key=lambda i: -sizes[i])
         self._groups = [group for group in (by_size[0::2], by_size[1::2]) if group]
-        self._exchange = tf.function(self._exchange_values)
+        # Compiled, the exchange hands buffers over instead of copying them. Variables made
+        # under a distribution strategy are updated and exchanged with plain operations.
+        self._distributed = tf.distribute.has_strategy()
+        self._exchange = self._exchange_values if self._distributed else tf.function(self._exchange_values)
 
     @property
     def decay(self) -> float:
@@ -114,7 +118,7 @@ class MovingAverage:
         """
         def _average() -> tf.Tensor:
             decay = effective_decay(self._decay, self._step)
-            if tf.distribute.has_strategy():
+            if self._distributed:
                 _move_towards(self.state.weights, self._variables, 1.0 - decay)
             else:
                 for group in self._groups:  # independent: TensorFlow runs them in parallel
@@ -132,8 +136,7 @@ class MovingAverage:
         return decay
 
     def exchange(self) -> None:
-        """Exchanges the values of the variables and of their average (compiled: TensorFlow
-        hands the buffers over instead of copying them)."""
+        """Exchanges the values of the variables and of their average."""
         self._exchange()
 
     def _exchange_values(self) -> None:

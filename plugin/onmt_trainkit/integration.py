@@ -25,10 +25,9 @@ from opennmt import training
 from opennmt.schedules import lr_schedules
 from opennmt.utils import checkpoint as checkpoint_util
 
-from onmt_trainkit import averaging, config, schedules
+from onmt_trainkit import OPENNMT_VERSION, averaging, config, schedules
 from onmt_trainkit.moving_average import MovingAverage
 
-SUPPORTED_VERSION = "2.32."
 _MAX_STEP_ATTRIBUTE = "_onmt_trainkit_max_step"
 _CHECKPOINT_KEY = "moving_average"
 
@@ -38,9 +37,9 @@ _replaced_schedules: dict[str, Any] = {}
 
 def check_version(version: str = opennmt.__version__) -> None:
     """Raises an error if OpenNMT-tf ``version`` is not the one the plugin was built for."""
-    if not version.startswith(SUPPORTED_VERSION):
+    if not version.startswith(OPENNMT_VERSION):
         raise RuntimeError(
-            f"onmt-trainkit supports OpenNMT-tf {SUPPORTED_VERSION}x only, but OpenNMT-tf "
+            f"onmt-trainkit supports OpenNMT-tf {OPENNMT_VERSION}x only, but OpenNMT-tf "
             f"{version} is installed: install opennmt-tf==2.32.0 or stop importing onmt_trainkit"
         )
 

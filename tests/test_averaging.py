@@ -105,6 +105,18 @@ def test_average_of_the_last_checkpoints(run, tmp_path):
     )
 
 
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_tensors_read_in_several_pieces(tmp_path, count):
+    # 4 x 70,001 float32 is 1.07 MiB: more than two of the averager's 512 KiB pieces, the
+    # last one partial; 1, 2 and 3 checkpoints split unevenly between its two threads.
+    saved = write_run(tmp_path / "run", width=70_001)
+    output = str(tmp_path / "avg")
+    averaging.average_checkpoints(str(tmp_path / "run"), output, averaging.Selection(max_count=count))
+    expected = np.mean([saved[s]["dense"].astype(np.float64) for s in STEPS[-count:]], axis=0)
+    value = tf.train.load_checkpoint(output).get_tensor(f"model/dense{VALUE}")
+    np.testing.assert_array_equal(value, expected.astype(np.float32))
+
+
 def test_output_restores_a_model_and_its_optimizer(run, tmp_path):
     model_dir, saved = run
     output = str(tmp_path / "avg")

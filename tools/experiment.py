@@ -56,6 +56,20 @@ def _corpus(directory: str) -> dict[str, list]:
     return splits
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(seed) for seed in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "run", "experiment"))
@@ -65,10 +79,12 @@ def main() -> int:
     parser.add_argument("--corpus", help="Directory with train/dev/test .src/.tgt plain-text files.")
     parser.add_argument("--ding", default=experiment.DING, help="The Ding dictionary file.")
     parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
-    parser.add_argument("--max_step", type=int, help="Training updates per run.")
-    parser.add_argument("--seeds", help="Comma-separated seeds, e.g. 1,2,3.")
-    parser.add_argument("--vocab_size", type=int, help="SentencePiece vocabulary size.")
+    parser.add_argument("--max_step", type=_positive, help="Training updates per run.")
+    parser.add_argument("--seeds", type=_seeds, help="Comma-separated seeds, e.g. 1,2,3.")
+    parser.add_argument("--vocab_size", type=_positive, help="SentencePiece vocabulary size.")
     parser.add_argument("--model", help="Model file (default: configs/models/small_transformer.py).")
+    parser.add_argument("--jobs", type=_positive, default=1,
+                        help="Training runs side by side, each with its share of the cores (default: 1).")
     args = parser.parse_args()
 
     settings = experiment.Settings(**(experiment.QUICK if args.quick else {}))
@@ -79,7 +95,7 @@ def main() -> int:
     if args.model is not None:
         settings = dataclasses.replace(settings, model_file=os.path.abspath(args.model))
     if args.seeds:
-        settings = dataclasses.replace(settings, seeds=tuple(int(s) for s in args.seeds.split(",")))
+        settings = dataclasses.replace(settings, seeds=args.seeds)
     all_recipes = experiment.recipes(settings.peak, settings.warmup, settings.model_dim, settings.ema,
                                      settings.average)
     selected = all_recipes
@@ -99,7 +115,7 @@ def main() -> int:
     _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test pairs; "
          f"{len(selected)} recipes x {len(settings.seeds)} seeds, {settings.max_step} updates each")
 
-    runner = experiment.Experiment(args.work_dir, settings, log=_log)
+    runner = experiment.Experiment(args.work_dir, settings, log=_log, jobs=args.jobs)
     runner.run(splits, selected)
 
     os.makedirs(args.results_dir, exist_ok=True)

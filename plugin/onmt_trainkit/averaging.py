@@ -5,7 +5,7 @@ No model definition, configuration or TensorFlow is needed. For each model weigh
 
 .. math:: \bar{w} = \operatorname{cast}_{\text{dtype}(w)}\Big(\frac{1}{N}\sum_{i=1}^{N} w_i\Big)
 
-with the sum in float64, one tensor at a time, so memory does not grow with N. Every
+with the sum in float64, piece by piece, so memory does not grow with N. Every
 other tensor (step counter, integer tensors, optimizer slots, the moving-average state of
 :mod:`onmt_trainkit.moving_average`) comes from the newest checkpoint, so training can
 continue from the output; ``drop_optimizer`` leaves out the training state instead.
@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -225,13 +225,6 @@ def _check_agreement(readers: list[CheckpointReader]) -> list[str]:
     return names
 
 
-def _as_float(reader: CheckpointReader, name: str, buffer: bytearray) -> np.ndarray:
-    values = reader.array(name, buffer)
-    if reader.entries[name].dtype == DT_BFLOAT16:
-        return bfloat16_to_float32(values)
-    return values
-
-
 def _drop_training_state(object_graph: bytes) -> bytes:
     """Removes optimizer and moving-average attributes and slot links from an object graph."""
     nodes = []
@@ -289,11 +282,69 @@ def _replace_directory(source: str, destination: str) -> None:
     shutil.rmtree(trash)
 
 
-def _partial_sum(readers: list[CheckpointReader], name: str, shape: tuple, buffer: bytearray) -> np.ndarray:
-    total = np.zeros(shape, dtype=np.float64)
-    for reader in readers:
-        np.add(total, _as_float(reader, name, buffer), out=total)
-    return total
+def _as_float(piece: memoryview, dtype: int) -> np.ndarray:
+    values = np.frombuffer(piece, dtype=NUMPY_DTYPES[dtype])
+    return bfloat16_to_float32(values) if dtype == DT_BFLOAT16 else values
+
+
+def _sum_pieces(streams: list[Iterator[memoryview]], dtype: int, total: np.ndarray) -> np.ndarray:
+    """Sums the next piece of each stream into ``total`` (float64); returns the used part."""
+    total[:] = 0
+    used = total
+    for stream in streams:
+        values = _as_float(next(stream), dtype)
+        used = total[: len(values)]
+        np.add(used, values, out=used)
+    return used
+
+
+class _Averager:
+    """Averages tensors piece by piece: two threads each sum the pieces of half of the
+    checkpoints (reading, checksums and numpy release the GIL) while the main thread adds
+    the halves of the previous piece, divides, casts and writes. Pieces of ``PIECE_BYTES``
+    stay in the processor's cache, and memory stays a few pieces whatever the number of
+    checkpoints. The split between the threads is fixed, so results do not vary from run
+    to run.
+    """
+
+    PIECE_BYTES = 1 << 19
+
+    def __init__(self, readers: list[CheckpointReader], pool: concurrent.futures.Executor):
+        self.readers = readers
+        self.pool = pool
+        self.halves = [readers[0::2], readers[1::2]]
+        self.buffers = [bytearray(self.PIECE_BYTES) for _ in self.halves]
+        # Two sets of sums: one being filled by the threads, one being written.
+        self.totals = [[np.empty(self.PIECE_BYTES // 2) for _ in self.halves] for _ in range(2)]
+
+    def mean(self, name: str, on_piece: Callable[[int], None]) -> Iterator[memoryview]:
+        """Yields the stored bytes of the mean of tensor ``name``, piece by piece."""
+        entry = self.readers[-1].entries[name]
+        dtype = NUMPY_DTYPES[entry.dtype]
+        streams = [
+            [reader.pieces(name, buffer) for reader in half]
+            for half, buffer in zip(self.halves, self.buffers)
+        ]
+
+        def submit(piece: int) -> list[concurrent.futures.Future]:
+            length = min(self.PIECE_BYTES, entry.size - piece * self.PIECE_BYTES) // dtype.itemsize
+            return [self.pool.submit(_sum_pieces, half, entry.dtype, total[:length])
+                    for half, total in zip(streams, self.totals[piece % 2])]
+
+        count = -(-entry.size // self.PIECE_BYTES)
+        pending = submit(0) if count else []
+        for piece in range(count):
+            mean, *rest = [future.result() for future in pending]
+            if piece + 1 < count:
+                pending = submit(piece + 1)
+            for other in rest:
+                mean += other
+            mean /= len(self.readers)
+            on_piece(mean.size * dtype.itemsize * len(self.readers))
+            if entry.dtype == DT_BFLOAT16:
+                yield float32_to_bfloat16(mean).data
+            else:
+                yield mean.astype(dtype).data
 
 
 def _average_into(
@@ -306,36 +357,28 @@ def _average_into(
     newest = readers[-1]
     total = sum(newest.entries[n].size for n in averaged) * len(readers)
     done = 0
+
+    def on_piece(size: int) -> None:
+        nonlocal done
+        done += size
+        if progress is not None:
+            progress(done, total)
+
     averaged_set = set(averaged)
-    size = max((e.size for e in newest.entries.values()), default=0)
-    # Two threads each sum half of the checkpoints (reading, checksums and numpy release
-    # the GIL); the float64 sums of float32, float16 or bfloat16 values are exact, so the
-    # order does not change the result.
-    halves = [readers[0::2], readers[1::2]]
-    buffers = [bytearray(size), bytearray(size)]
+    buffer = bytearray(_Averager.PIECE_BYTES)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        averager = _Averager(readers, pool)
         for name in sorted(newest.entries):
             entry = newest.entries[name]
             if name in averaged_set:
-                mean, *rest = pool.map(_partial_sum, halves, [name] * 2, [entry.shape] * 2, buffers)
-                for other in rest:
-                    mean += other
-                mean /= len(readers)
-                done += entry.size * len(readers)
-                if progress is not None:
-                    progress(done, total)
-                if entry.dtype == DT_BFLOAT16:
-                    writer.add_array(entry, float32_to_bfloat16(mean))
-                else:
-                    writer.add_array(entry, mean.astype(NUMPY_DTYPES[entry.dtype]))
+                writer.add(entry, averager.mean(name, on_piece))
             elif drop_optimizer and _TRAINING_STATE.search(name):
                 continue
             elif drop_optimizer and name == OBJECT_GRAPH:
-                graph = decode_string_scalar(newest.raw(name, buffers[0]))
-                data, crc = encode_string_scalar(_drop_training_state(graph))
-                writer.add(entry, data, crc)
+                data, crc = encode_string_scalar(_drop_training_state(decode_string_scalar(newest.raw(name))))
+                writer.add(entry, [data], crc)
             else:
-                writer.add(entry, newest.raw(name, buffers[0]), entry.crc)
+                writer.add(entry, newest.pieces(name, buffer), entry.crc)
     return done
 
 

@@ -4,11 +4,13 @@ Every recipe trains the same model on the same data for the same number of updat
 seeds, with ``onmt-main``; recipes that differ only after training (checkpoint averaging)
 share the training run. Each unit of work (a training run, a translation) is skipped when
 its result is already in ``results.json``, and an interrupted training run resumes from its
-last checkpoint, so the command can be run again after an interruption.
+last checkpoint, so the command can be run again after an interruption. Training runs can
+go side by side (``jobs``), each with its share of the processor's cores.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 import os
@@ -17,6 +19,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -206,12 +209,22 @@ def _trained_up_to(model_dir: str) -> int:
 
 
 class Experiment:
-    """Runs the recipes and records their results in ``<work_dir>/results.json``."""
+    """Runs the recipes and records their results in ``<work_dir>/results.json``.
 
-    def __init__(self, work_dir: str, settings: Settings, log: Callable[[str], None] = print):
+    Args:
+      work_dir: Where data, runs, logs and ``results.json`` go.
+      settings: The budget and model.
+      log: Called with each progress message.
+      jobs: Training runs to go side by side; each ``onmt-main`` then gets
+        ``cpu_count // jobs`` threads (one run at a time leaves TensorFlow's default).
+    """
+
+    def __init__(self, work_dir: str, settings: Settings, log: Callable[[str], None] = print, jobs: int = 1):
         self.work_dir = os.path.abspath(work_dir)
         self.settings = settings
         self.log = log
+        self.jobs = jobs
+        self._lock = threading.Lock()
         self.results_path = os.path.join(self.work_dir, "results.json")
         self.results: dict = {"settings": asdict(settings), "runs": {}, "scores": {}}
         if os.path.exists(self.results_path):
@@ -224,11 +237,20 @@ class Experiment:
                 self.log("settings changed since the last run: starting the results again")
         self.onmt_main = os.path.join(os.path.dirname(sys.executable), "onmt-main")
 
-    def _save(self) -> None:
-        temporary = self.results_path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as output:
-            json.dump(self.results, output, indent=1, sort_keys=True)
-        os.replace(temporary, self.results_path)
+    def _record(self, kind: str, key: str, value: dict) -> None:
+        """Adds a result and saves ``results.json`` (written aside, then renamed)."""
+        with self._lock:
+            self.results[kind][key] = value
+            temporary = self.results_path + ".tmp"
+            with open(temporary, "w", encoding="utf-8") as output:
+                json.dump(self.results, output, indent=1, sort_keys=True)
+            os.replace(temporary, self.results_path)
+
+    def _threads(self) -> list[str]:
+        if self.jobs == 1:
+            return []
+        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        return ["--intra_op_parallelism_threads", threads, "--inter_op_parallelism_threads", threads]
 
     def _run(self, command: list[str], log_name: str) -> None:
         log_path = os.path.join(self.work_dir, "logs", log_name)
@@ -252,14 +274,13 @@ class Experiment:
         if _trained_up_to(config["model_dir"]) < self.settings.max_step:
             self.log(f"training {key} ({self.settings.max_step} updates)")
             self._run([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
-                       "--seed", str(seed), "train", "--with_eval"], f"{key}.train.log")
+                       "--seed", str(seed), *self._threads(), "train", "--with_eval"], f"{key}.train.log")
         dev = read_eval_metrics(config["model_dir"])
-        self.results["runs"][key] = {
+        self._record("runs", key, {
             "seconds": round(time.time() - start),
             "config": config_path,
             "dev_loss": {str(step): metrics["loss"] for step, metrics in sorted(dev.items()) if "loss" in metrics},
-        }
-        self._save()
+        })
         return config["model_dir"]
 
     def score(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
@@ -283,28 +304,49 @@ class Experiment:
         with open(decoding, "w", encoding="utf-8") as output:
             yaml.safe_dump({"params": {"beam_width": self.settings.beam_width,
                                        "maximum_decoding_length": 250}}, output)
-        self._run([self.onmt_main, "--config", config_path, decoding, "--model_dir", model_dir, "infer",
+        self._run([self.onmt_main, "--config", config_path, decoding, "--model_dir", model_dir, *self._threads(), "infer",
                    "--features_file", paths["test_src"], "--predictions_file", predictions],
                   f"{key}.infer.log")
         processor = sentencepiece.SentencePieceProcessor(model_file=paths["spm"])
         hypotheses = [processor.decode(line.split()) for line in _read_lines(predictions)]
         references = _read_lines(paths["test_tgt_raw"])
-        self.results["scores"][key] = {
+        self._record("scores", key, {
             "recipe": recipe.name, "seed": seed,
             "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
             "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
-        }
-        self._save()
+        })
 
     def run(self, splits: dict[str, list], selected: list[Recipe]) -> None:
-        """Prepares the data, then trains and scores every recipe for every seed."""
+        """Prepares the data, then trains and scores every recipe for every seed.
+
+        Each training run and the recipes that share it form one task; tasks go ``jobs``
+        at a time. A task that fails does not stop the others; the first failure is raised
+        when all are done.
+        """
         os.makedirs(self.work_dir, exist_ok=True)
         paths = prepare_data(self.work_dir, splits, self.settings)
-        units = [(seed, recipe) for seed in self.settings.seeds for recipe in selected]
-        for index, (seed, recipe) in enumerate(units, 1):
-            self.log(f"[{index}/{len(units)}] {recipe.name}, seed {seed}")
-            model_dir = self.train(recipe, seed, paths)
-            self.score(recipe, seed, model_dir, paths)
+        tasks: dict[tuple[int, str], list[Recipe]] = {}
+        for seed in self.settings.seeds:
+            for recipe in selected:
+                tasks.setdefault((seed, recipe.training), []).append(recipe)
+        done = 0
+
+        def run_task(seed: int, sharing: list[Recipe]) -> None:
+            nonlocal done
+            model_dir = self.train(sharing[0], seed, paths)
+            for recipe in sharing:
+                self.score(recipe, seed, model_dir, paths)
+            with self._lock:
+                done += 1
+                self.log(f"[{done}/{len(tasks)}] done: {', '.join(r.name for r in sharing)}, seed {seed}")
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
+        errors = [future.exception() for future in futures if future.exception() is not None]
+        for error in errors:
+            self.log(f"failed: {error}")
+        if errors:
+            raise errors[0]
 
 
 def summary(results: dict, selected: list[Recipe]) -> list[dict]:

@@ -21,6 +21,8 @@ class DecodeError(ValueError):
 
 def read_varint(data: bytes | memoryview, position: int) -> tuple[int, int]:
     """Returns (value, position after it) for the varint at ``position``."""
+    if position < len(data) and data[position] < 0x80:
+        return data[position], position + 1
     result = shift = 0
     while True:
         if position >= len(data):

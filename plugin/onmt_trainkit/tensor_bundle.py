@@ -4,8 +4,8 @@ A checkpoint ``PREFIX`` is an index, ``PREFIX.index``, and data shards,
 ``PREFIX.data-SSSSS-of-NNNNN``. The index is a LevelDB-style sorted table whose empty key
 holds a ``BundleHeaderProto`` and whose other keys are tensor names holding a
 ``BundleEntryProto`` (dtype, shape, shard, offset, size, masked CRC32C of the bytes). The
-data files hold the raw little-endian tensor bytes. Tensors are read one at a time, into a
-buffer the caller may reuse, so reading costs no more memory than the tensor being used.
+data files hold the raw little-endian tensor bytes. Tensors can be read piece by piece into
+a buffer the caller reuses, so reading costs no more memory than that buffer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Iterable, Iterator
 
 import crc32c as _crc32c
 import numpy as np
@@ -198,41 +198,48 @@ class CheckpointReader:
                 raise CheckpointError(f"checkpoint {self.prefix}: missing data file {path}") from None
         return self._shards[shard_id]
 
-    def raw(self, name: str, buffer: bytearray | None = None) -> memoryview:
-        """Returns the stored bytes of tensor ``name``, checked against their CRC32C.
+    def pieces(self, name: str, buffer: bytearray) -> Iterator[memoryview]:
+        """Yields the stored bytes of tensor ``name`` in order, ``len(buffer)`` at a time.
 
-        Args:
-          name: The tensor name.
-          buffer: Where to read the bytes (reused between calls to bound memory); a new
-            buffer if ``None`` or too small.
+        Each piece is a view of ``buffer``, overwritten by the next one. The CRC32C of the
+        whole is checked before the last piece is yielded, so a consumer that reaches the
+        end has read good bytes. A string tensor's CRC is not that of its bytes; its bytes
+        are not checked.
 
-        A string tensor's CRC is not that of its bytes; its bytes are returned unchecked.
+        Raises:
+          CheckpointError: if the data file is missing or truncated, or the CRC differs.
         """
         entry = self.entries[name]
-        shard = self._shard(entry.shard_id)
-        if buffer is None or len(buffer) < entry.size:
-            buffer = bytearray(entry.size)
-        view = memoryview(buffer)[: entry.size]
-        read = os.preadv(shard.fileno(), [view], entry.offset) if entry.size else 0
-        if read != entry.size:
-            raise CheckpointError(
-                f"checkpoint {self.prefix} is truncated: {name} ends at byte "
-                f"{entry.offset + entry.size} of {self.data_path(entry.shard_id)}, which has "
-                f"{os.fstat(shard.fileno()).st_size}"
-            )
-        if entry.dtype != DT_STRING and mask_crc(crc32c(view)) != entry.crc:
-            raise CheckpointError(
-                f"checkpoint {self.prefix} is corrupt: checksum mismatch for {name}"
-            )
-        return view
+        fileno = self._shard(entry.shard_id).fileno()
+        view = memoryview(buffer)
+        crc = 0
+        for start in range(0, entry.size, len(buffer)):
+            piece = view[: min(len(buffer), entry.size - start)]
+            if os.preadv(fileno, [piece], entry.offset + start) != len(piece):
+                raise CheckpointError(
+                    f"checkpoint {self.prefix} is truncated: {name} ends at byte "
+                    f"{entry.offset + entry.size} of {self.data_path(entry.shard_id)}, which has "
+                    f"{os.fstat(fileno).st_size}"
+                )
+            crc = crc32c(piece, crc)
+            if start + len(piece) == entry.size and entry.dtype != DT_STRING and mask_crc(crc) != entry.crc:
+                raise CheckpointError(f"checkpoint {self.prefix} is corrupt: checksum mismatch for {name}")
+            yield piece
 
-    def array(self, name: str, buffer: bytearray | None = None) -> np.ndarray:
-        """Returns tensor ``name`` as a numpy array (bfloat16 as uint16 bits), read into ``buffer``."""
+    def raw(self, name: str) -> bytes:
+        """Returns the stored bytes of tensor ``name``, checked as by :meth:`pieces`."""
+        buffer = bytearray(self.entries[name].size)
+        for _ in self.pieces(name, buffer):
+            pass
+        return bytes(buffer)
+
+    def array(self, name: str) -> np.ndarray:
+        """Returns tensor ``name`` as a numpy array (bfloat16 as uint16 bits)."""
         entry = self.entries[name]
         dtype = NUMPY_DTYPES.get(entry.dtype)
         if dtype is None:
             raise CheckpointError(f"tensor {name} has {entry.dtype_name}, not a numeric type")
-        return np.frombuffer(self.raw(name, buffer), dtype=dtype).reshape(entry.shape)
+        return np.frombuffer(self.raw(name), dtype=dtype).reshape(entry.shape)
 
     def close(self) -> None:
         """Closes the data files."""
@@ -287,22 +294,23 @@ class CheckpointWriter:
         self._offset = 0
         self._entries: list[tuple[bytes, bytes]] = []
 
-    def add(self, entry: Entry, data: bytes | memoryview, crc: int | None = None) -> None:
-        """Appends tensor ``entry.name`` with bytes ``data`` (masked ``crc`` if known)."""
+    def add(self, entry: Entry, pieces: Iterable[bytes | memoryview], crc: int | None = None) -> None:
+        """Appends tensor ``entry.name``, its bytes given in ``pieces`` (masked ``crc`` if known)."""
+        size = computed = 0
+        for piece in pieces:
+            self._data.write(piece)
+            size += memoryview(piece).nbytes
+            if crc is None:
+                computed = crc32c(piece, computed)
         if crc is None:
-            crc = mask_crc(crc32c(data))
-        self._data.write(data)
+            crc = mask_crc(computed)
         replaced = {3: (3, pw.VARINT, 0), 4: (4, pw.VARINT, self._offset),
-                    5: (5, pw.VARINT, len(data)), 6: (6, pw.FIXED32, crc)}
+                    5: (5, pw.VARINT, size), 6: (6, pw.FIXED32, crc)}
         message = [f for f in pw.fields(entry.proto) if f[0] not in replaced]
         message += [replaced[number] for number in sorted(replaced)]
         message.sort(key=lambda f: f[0])
         self._entries.append((entry.name.encode("utf-8"), pw.encode(message)))
-        self._offset += len(data)
-
-    def add_array(self, entry: Entry, values: np.ndarray) -> None:
-        """Appends tensor ``entry.name`` with ``values`` (already in the stored dtype)."""
-        self.add(entry, np.ascontiguousarray(values).reshape(-1).view(np.uint8).data)
+        self._offset += size
 
     def close(self) -> None:
         """Writes the index and closes the files."""

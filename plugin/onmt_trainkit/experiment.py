@@ -208,6 +208,15 @@ def _trained_up_to(model_dir: str) -> int:
         return 0
 
 
+def training_tasks(seeds: tuple[int, ...], selected: list[Recipe]) -> dict[tuple[int, str], list[Recipe]]:
+    """Groups the recipes by training run: ``(seed, training) -> recipes that share it``."""
+    tasks: dict[tuple[int, str], list[Recipe]] = {}
+    for seed in seeds:
+        for recipe in selected:
+            tasks.setdefault((seed, recipe.training), []).append(recipe)
+    return tasks
+
+
 class Experiment:
     """Runs the recipes and records their results in ``<work_dir>/results.json``.
 
@@ -215,8 +224,8 @@ class Experiment:
       work_dir: Where data, runs, logs and ``results.json`` go.
       settings: The budget and model.
       log: Called with each progress message.
-      jobs: Training runs to go side by side; each ``onmt-main`` then gets
-        ``cpu_count // jobs`` threads (one run at a time leaves TensorFlow's default).
+      jobs: Training runs to go side by side; each ``onmt-main`` then gets its share of
+        the cores (one run at a time leaves TensorFlow's default).
     """
 
     def __init__(self, work_dir: str, settings: Settings, log: Callable[[str], None] = print, jobs: int = 1):
@@ -224,6 +233,7 @@ class Experiment:
         self.settings = settings
         self.log = log
         self.jobs = jobs
+        self._workers = 1
         self._lock = threading.Lock()
         self.results_path = os.path.join(self.work_dir, "results.json")
         self.results: dict = {"settings": asdict(settings), "runs": {}, "scores": {}}
@@ -247,9 +257,9 @@ class Experiment:
             os.replace(temporary, self.results_path)
 
     def _threads(self) -> list[str]:
-        if self.jobs == 1:
+        if self._workers == 1:
             return []
-        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        threads = str(max(1, (os.cpu_count() or 1) // self._workers))
         return ["--intra_op_parallelism_threads", threads, "--inter_op_parallelism_threads", threads]
 
     def _run(self, command: list[str], log_name: str) -> None:
@@ -325,10 +335,7 @@ class Experiment:
         """
         os.makedirs(self.work_dir, exist_ok=True)
         paths = prepare_data(self.work_dir, splits, self.settings)
-        tasks: dict[tuple[int, str], list[Recipe]] = {}
-        for seed in self.settings.seeds:
-            for recipe in selected:
-                tasks.setdefault((seed, recipe.training), []).append(recipe)
+        tasks = training_tasks(self.settings.seeds, selected)
         done = 0
 
         def run_task(seed: int, sharing: list[Recipe]) -> None:
@@ -340,7 +347,8 @@ class Experiment:
                 done += 1
                 self.log(f"[{done}/{len(tasks)}] done: {', '.join(r.name for r in sharing)}, seed {seed}")
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        self._workers = min(self.jobs, len(tasks))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
             futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
         errors = [future.exception() for future in futures if future.exception() is not None]
         for error in errors:

@@ -34,6 +34,14 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
     second = tool("experiment.py", *args)
     assert "training" not in second.stdout and "translating" not in second.stdout
     assert json.loads((tmp_path / "results" / "results.json").read_text())["scores"] == results["scores"]
+    # Other settings in the same work directory are refused; nothing is lost.
+    before = (tmp_path / "work" / "results.json").read_bytes()
+    changed = tool("experiment.py", *args, "--max_step", "7", check=False)
+    assert changed.returncode == 2 and changed.stdout == ""
+    assert changed.stderr.strip().splitlines()[-1].endswith(
+        "holds results of other settings (max_step differ); give another --work_dir, or remove it to start again")
+    assert len(changed.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "work" / "results.json").read_bytes() == before
 
 
 def test_recipes_that_differ_after_training_share_its_run():

@@ -72,9 +72,11 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work_dir", default=os.path.join(ROOT, "run", "experiment"))
-    parser.add_argument("--results_dir", default=os.path.join(ROOT, "experiments", "de-en"),
-                        help="Where results.json, results.md and curves.png are written at the end.")
+    parser.add_argument("--work_dir", help="Data, runs and logs (default: run/experiment, "
+                        "run/experiment-quick with --quick, run/experiment-NAME with --corpus NAME).")
+    parser.add_argument("--results_dir", help="Where results.json, results.md and curves.png go after each "
+                        "training run (default: experiments/de-en for the full German-English run, "
+                        "else WORK_DIR/results).")
     parser.add_argument("--quick", action="store_true", help="A few minutes: small data, 300 updates, 1 seed.")
     parser.add_argument("--corpus", help="Directory with train/dev/test .src/.tgt plain-text files.")
     parser.add_argument("--ding", default=experiment.DING, help="The Ding dictionary file.")
@@ -106,6 +108,16 @@ def main() -> int:
             _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {', '.join(r.name for r in all_recipes)}")
         selected = [r for r in all_recipes if r.name in names]
 
+    name = "experiment" + ("-quick" if args.quick else "")
+    if args.corpus:
+        name += "-" + os.path.basename(os.path.normpath(args.corpus))
+    work_dir = args.work_dir or os.path.join(ROOT, "run", name)
+    results_dir = args.results_dir or (
+        os.path.join(ROOT, "experiments", "de-en") if name == "experiment" else os.path.join(work_dir, "results"))
+    try:
+        runner = experiment.Experiment(work_dir, settings, log=_log, jobs=args.jobs)
+    except ValueError as error:
+        _fail(str(error))
     if args.corpus:
         splits = _corpus(args.corpus)
         if settings.max_train is not None:
@@ -115,18 +127,15 @@ def main() -> int:
     _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test pairs; "
          f"{len(selected)} recipes x {len(settings.seeds)} seeds, {settings.max_step} updates each")
 
-    runner = experiment.Experiment(args.work_dir, settings, log=_log, jobs=args.jobs)
-    runner.run(splits, selected)
-
-    os.makedirs(args.results_dir, exist_ok=True)
-    rows = experiment.summary(runner.results, selected)
-    table = experiment.markdown_table(rows)
-    shutil.copyfile(runner.results_path, os.path.join(args.results_dir, "results.json"))
-    with open(os.path.join(args.results_dir, "results.md"), "w", encoding="utf-8") as output:
-        output.write(table)
-    experiment.plot(runner.results, selected, os.path.join(args.results_dir, "curves.png"))
+    try:
+        runner.run(splits, selected, on_task_done=lambda results: experiment.write_report(
+            results, selected, results_dir))
+    except RuntimeError as error:
+        sys.stderr.write(f"experiment: {error}\n")
+        return 1
+    table = experiment.write_report(runner.results, selected, results_dir)
     print("\n" + table)
-    _log(f"results in {args.results_dir}")
+    _log(f"results in {results_dir}")
     return 0
 
 

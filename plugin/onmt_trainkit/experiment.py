@@ -220,6 +220,9 @@ def training_tasks(seeds: tuple[int, ...], selected: list[Recipe]) -> dict[tuple
 class Experiment:
     """Runs the recipes and records their results in ``<work_dir>/results.json``.
 
+    A work directory holds the results of one set of settings (seeds aside: more seeds
+    add to the results); other settings are refused, so that no result is lost or mixed.
+
     Args:
       work_dir: Where data, runs, logs and ``results.json`` go.
       settings: The budget and model.
@@ -240,11 +243,16 @@ class Experiment:
         if os.path.exists(self.results_path):
             with open(self.results_path, encoding="utf-8") as saved:
                 previous = json.load(saved)
-            if _comparable(previous.get("settings", {})) == _comparable(json.loads(json.dumps(asdict(settings)))):
-                self.results = previous
-                self.results["settings"] = json.loads(json.dumps(asdict(settings)))
-            else:
-                self.log("settings changed since the last run: starting the results again")
+            current = json.loads(json.dumps(asdict(settings)))
+            before = _comparable(previous.get("settings", {}))
+            changed = sorted(k for k, v in _comparable(current).items() if before.get(k) != v)
+            if changed:
+                raise ValueError(
+                    f"{self.results_path} holds results of other settings ({', '.join(changed)} differ); "
+                    "give another --work_dir, or remove it to start again"
+                )
+            self.results = previous
+            self.results["settings"] = current
         self.onmt_main = os.path.join(os.path.dirname(sys.executable), "onmt-main")
 
     def _record(self, kind: str, key: str, value: dict) -> None:
@@ -326,12 +334,13 @@ class Experiment:
             "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
         })
 
-    def run(self, splits: dict[str, list], selected: list[Recipe]) -> None:
+    def run(self, splits: dict[str, list], selected: list[Recipe],
+            on_task_done: Callable[[dict], None] | None = None) -> None:
         """Prepares the data, then trains and scores every recipe for every seed.
 
         Each training run and the recipes that share it form one task; tasks go ``jobs``
-        at a time. A task that fails does not stop the others; the first failure is raised
-        when all are done.
+        at a time, and ``on_task_done`` is called with the results after each. A task that
+        fails does not stop the others; the first failure is raised when all are done.
         """
         os.makedirs(self.work_dir, exist_ok=True)
         paths = prepare_data(self.work_dir, splits, self.settings)
@@ -346,6 +355,8 @@ class Experiment:
             with self._lock:
                 done += 1
                 self.log(f"[{done}/{len(tasks)}] done: {', '.join(r.name for r in sharing)}, seed {seed}")
+                if on_task_done is not None:
+                    on_task_done(self.results)
 
         self._workers = min(self.jobs, len(tasks))
         with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
@@ -371,6 +382,19 @@ def summary(results: dict, selected: list[Recipe]) -> list[dict]:
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(row)
     return rows
+
+
+def write_report(results: dict, selected: list[Recipe], results_dir: str) -> str:
+    """Writes ``results.json``, ``results.md`` (the table) and ``curves.png`` into
+    ``results_dir``, each written aside then renamed; returns the table."""
+    os.makedirs(results_dir, exist_ok=True)
+    table = markdown_table(summary(results, selected))
+    _write_lines(os.path.join(results_dir, "results.json"), [json.dumps(results, indent=1, sort_keys=True)])
+    _write_lines(os.path.join(results_dir, "results.md"), table.splitlines())
+    picture = os.path.join(results_dir, "curves.png")
+    plot(results, selected, picture + ".tmp.png")
+    os.replace(picture + ".tmp.png", picture)
+    return table
 
 
 def markdown_table(rows: list[dict]) -> str:

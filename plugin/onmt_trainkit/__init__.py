@@ -4,15 +4,13 @@ averaging for OpenNMT-tf 2.32.
 Importing this package activates the plugin: at once if OpenNMT-tf is already imported
 (as when ``onmt-main --model`` loads a model file that imports it), otherwise as soon as
 OpenNMT-tf is imported. Activating twice is harmless; :func:`deactivate` restores stock
-OpenNMT-tf. Modules that do not need OpenNMT-tf (such as :mod:`onmt_trainkit.averaging`)
-can be used without importing TensorFlow.
+OpenNMT-tf. Activation refuses any OpenNMT-tf outside the 2.32 series. Modules that do not
+need OpenNMT-tf (such as :mod:`onmt_trainkit.averaging`) can be used without importing
+TensorFlow.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import importlib.metadata
 import importlib.util
 import sys
 from types import ModuleType
@@ -21,20 +19,6 @@ __version__ = "0.1.0"
 
 OPENNMT_VERSION = "2.32."
 """The OpenNMT-tf release series the plugin is built for."""
-
-
-def _check_opennmt_version() -> None:
-    try:
-        version = importlib.metadata.version("opennmt-tf")
-    except importlib.metadata.PackageNotFoundError:
-        raise ImportError(
-            "onmt-trainkit needs OpenNMT-tf 2.32: pip install opennmt-tf==2.32.0"
-        ) from None
-    if not version.startswith(OPENNMT_VERSION):
-        raise ImportError(
-            f"onmt-trainkit supports OpenNMT-tf {OPENNMT_VERSION}x only, but OpenNMT-tf "
-            f"{version} is installed: install opennmt-tf==2.32.0"
-        )
 
 
 def activate() -> None:
@@ -51,8 +35,9 @@ def deactivate() -> None:
         sys.modules["onmt_trainkit.integration"].deactivate()
 
 
-class _ActivateOnImport(importlib.abc.MetaPathFinder):
-    """Activates the plugin right after the ``opennmt`` package is first imported."""
+class _ActivateOnImport:
+    """An import hook (a ``sys.meta_path`` finder) that activates the plugin right after
+    the ``opennmt`` package is first imported."""
 
     @classmethod
     def install(cls) -> None:
@@ -80,7 +65,6 @@ class _ActivateOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-_check_opennmt_version()
 if "opennmt" in sys.modules:
     activate()
 else:

@@ -339,12 +339,13 @@ class _Averager:
                 pending = submit(piece + 1)
             for other in rest:
                 mean += other
-            mean /= len(self.readers)
             on_piece(mean.size * dtype.itemsize * len(self.readers))
             if entry.dtype == DT_BFLOAT16:
+                mean /= len(self.readers)
                 yield float32_to_bfloat16(mean).data
             else:
-                yield mean.astype(dtype).data
+                # Divided in float64, then rounded once to the stored dtype.
+                yield np.divide(mean, len(self.readers), out=np.empty(mean.size, dtype)).data
 
 
 def _average_into(

@@ -19,14 +19,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 experiment: $(STAMP)
-	$(BIN)/python tools/experiment.py $(ARGS)
+	$(BIN)/python tools/experiment.py --jobs 2 $(ARGS)
 
 experiment-quick: $(STAMP)
-	$(BIN)/python tools/experiment.py --quick $(ARGS)
+	$(BIN)/python tools/experiment.py --quick --jobs 2 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/moving_average.py
 	$(BIN)/python bench/averaging.py
+	$(BIN)/python bench/side_by_side.py --steps 200
 
 clean:
 	rm -rf run .pytest_cache

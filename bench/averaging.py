@@ -40,7 +40,7 @@ def read_floor(checkpoints: list[str], work_dir: str) -> tuple[float, int]:
     newest = checkpoints[-1] + ".data-00000-of-00001"
     scratch = os.path.join(work_dir, "floor.tmp")
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         start = time.perf_counter()
         for path, offset, size in ranges:
             with open(path, "rb", buffering=0) as data:
@@ -77,7 +77,7 @@ def main() -> int:
     for count in (8, 2):
         floor, size = read_floor(checkpoints[-count:], args.work_dir)
         results = {}
-        for name in ("plugin", "stock", "plugin", "stock"):  # interleaved, best of two each
+        for name in ("plugin", "stock") * 3:  # interleaved, best of three each
             output = os.path.join(args.work_dir, f"avg_{name}")
             shutil.rmtree(output, ignore_errors=True)
             if name == "plugin":

@@ -13,11 +13,12 @@ continue from the output; ``drop_optimizer`` leaves out the training state inste
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -287,21 +288,60 @@ def _as_float(piece: memoryview, dtype: int) -> np.ndarray:
     return bfloat16_to_float32(values) if dtype == DT_BFLOAT16 else values
 
 
-def _sum_pieces(streams: list[Iterator[memoryview]], dtype: int, total: np.ndarray) -> np.ndarray:
-    """Sums the next piece of each stream into ``total`` (float64); returns the used part."""
-    total[:] = 0
-    used = total
-    for stream in streams:
-        values = _as_float(next(stream), dtype)
-        used = total[: len(values)]
-        np.add(used, values, out=used)
-    return used
+class _PartialSums(threading.Thread):
+    """Sums, in float64, the pieces of the averaged tensors over some of the checkpoints,
+    tensor after tensor and piece after piece, and queues each sum (at most ``DEPTH``
+    ahead of the consumer). A failure is queued in place of the sum; :meth:`stop` ends
+    the thread early."""
+
+    DEPTH = 4
+
+    def __init__(self, readers: list[CheckpointReader], names: list[str], piece_bytes: int):
+        super().__init__(daemon=True)
+        self.readers = readers
+        self.names = names
+        self.piece_bytes = piece_bytes
+        self.queue: queue.Queue = queue.Queue(self.DEPTH)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        # A sum is reused once DEPTH later ones are queued and the consumer took the one after it.
+        totals = [np.empty(self.piece_bytes // 2) for _ in range(self.DEPTH + 2)]
+        buffer = bytearray(self.piece_bytes)
+        count = 0
+        try:
+            for name in self.names:
+                entry = self.readers[0].entries[name]
+                streams = [reader.pieces(name, buffer) for reader in self.readers]
+                for start in range(0, entry.size, self.piece_bytes):
+                    length = min(self.piece_bytes, entry.size - start) // NUMPY_DTYPES[entry.dtype].itemsize
+                    total = totals[count % len(totals)][:length]
+                    total[:] = 0
+                    for stream in streams:
+                        np.add(total, _as_float(next(stream), entry.dtype), out=total)
+                    if not self._put(total):
+                        return
+                    count += 1
+        except BaseException as error:  # handed to the consumer, which raises it
+            self._put(error)
+
+    def _put(self, item: object) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class _Averager:
     """Averages tensors piece by piece: two threads each sum the pieces of half of the
-    checkpoints (reading, checksums and numpy release the GIL) while the main thread adds
-    the halves of the previous piece, divides, casts and writes. Pieces of ``PIECE_BYTES``
+    checkpoints (reading, checksums and numpy release the GIL), running ahead of the main
+    thread, which adds the halves, divides, casts and writes. Pieces of ``PIECE_BYTES``
     stay in the processor's cache, and memory stays a few pieces whatever the number of
     checkpoints. The split between the threads is fixed, so results do not vary from run
     to run.
@@ -309,43 +349,42 @@ class _Averager:
 
     PIECE_BYTES = 1 << 19
 
-    def __init__(self, readers: list[CheckpointReader], pool: concurrent.futures.Executor):
-        self.readers = readers
-        self.pool = pool
-        self.halves = [readers[0::2], readers[1::2]]
-        self.buffers = [bytearray(self.PIECE_BYTES) for _ in self.halves]
-        # Two sets of sums: one being filled by the threads, one being written.
-        self.totals = [[np.empty(self.PIECE_BYTES // 2) for _ in self.halves] for _ in range(2)]
+    def __init__(self, readers: list[CheckpointReader], names: list[str]):
+        self.count = len(readers)
+        self.entries = readers[-1].entries
+        halves = [readers[0::2], readers[1::2]]
+        self.threads = [_PartialSums(half, names, self.PIECE_BYTES) for half in halves if half]
+
+    def __enter__(self) -> "_Averager":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for thread in self.threads:
+            thread.stop()
+        for thread in self.threads:
+            thread.join()
 
     def mean(self, name: str, on_piece: Callable[[int], None]) -> Iterator[memoryview]:
-        """Yields the stored bytes of the mean of tensor ``name``, piece by piece."""
-        entry = self.readers[-1].entries[name]
+        """Yields the stored bytes of the mean of tensor ``name``, piece by piece; the
+        tensors must be asked for in the order of ``names``."""
+        entry = self.entries[name]
         dtype = NUMPY_DTYPES[entry.dtype]
-        streams = [
-            [reader.pieces(name, buffer) for reader in half]
-            for half, buffer in zip(self.halves, self.buffers)
-        ]
-
-        def submit(piece: int) -> list[concurrent.futures.Future]:
-            length = min(self.PIECE_BYTES, entry.size - piece * self.PIECE_BYTES) // dtype.itemsize
-            return [self.pool.submit(_sum_pieces, half, entry.dtype, total[:length])
-                    for half, total in zip(streams, self.totals[piece % 2])]
-
-        count = -(-entry.size // self.PIECE_BYTES)
-        pending = submit(0) if count else []
-        for piece in range(count):
-            mean, *rest = [future.result() for future in pending]
-            if piece + 1 < count:
-                pending = submit(piece + 1)
+        for _ in range(0, entry.size, self.PIECE_BYTES):
+            mean, *rest = sums = [thread.queue.get() for thread in self.threads]
+            for item in sums:
+                if isinstance(item, BaseException):
+                    raise item
             for other in rest:
                 mean += other
-            on_piece(mean.size * dtype.itemsize * len(self.readers))
+            on_piece(mean.size * dtype.itemsize * self.count)
             if entry.dtype == DT_BFLOAT16:
-                mean /= len(self.readers)
+                mean /= self.count
                 yield float32_to_bfloat16(mean).data
             else:
                 # Divided in float64, then rounded once to the stored dtype.
-                yield np.divide(mean, len(self.readers), out=np.empty(mean.size, dtype)).data
+                yield np.divide(mean, self.count, out=np.empty(mean.size, dtype)).data
 
 
 def _average_into(
@@ -367,8 +406,7 @@ def _average_into(
 
     averaged_set = set(averaged)
     buffer = bytearray(_Averager.PIECE_BYTES)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        averager = _Averager(readers, pool)
+    with _Averager(readers, averaged) as averager:
         for name in sorted(newest.entries):
             entry = newest.entries[name]
             if name in averaged_set:

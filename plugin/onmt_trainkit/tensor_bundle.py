@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
@@ -184,19 +185,21 @@ class CheckpointReader:
         if int(pw.first(self.header, 2, 0)) != 0:
             raise CheckpointError(f"{prefix} is big-endian, which is not supported")
         self._shards: dict[int, BinaryIO] = {}
+        self._lock = threading.Lock()
 
     def data_path(self, shard_id: int) -> str:
         """Returns the path of data shard ``shard_id``."""
         return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
 
     def _shard(self, shard_id: int) -> BinaryIO:
-        if shard_id not in self._shards:
-            path = self.data_path(shard_id)
-            try:
-                self._shards[shard_id] = open(path, "rb", buffering=0)
-            except FileNotFoundError:
-                raise CheckpointError(f"checkpoint {self.prefix}: missing data file {path}") from None
-        return self._shards[shard_id]
+        with self._lock:  # threads may read one checkpoint side by side
+            if shard_id not in self._shards:
+                path = self.data_path(shard_id)
+                try:
+                    self._shards[shard_id] = open(path, "rb", buffering=0)
+                except FileNotFoundError:
+                    raise CheckpointError(f"checkpoint {self.prefix}: missing data file {path}") from None
+            return self._shards[shard_id]
 
     def pieces(self, name: str, buffer: bytearray) -> Iterator[memoryview]:
         """Yields the stored bytes of tensor ``name`` in order, ``len(buffer)`` at a time.

@@ -305,7 +305,7 @@ class _PartialSums(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        # A sum is reused once DEPTH later ones are queued and the consumer took the one after it.
+        # A ring of sums: up to DEPTH queued, one with the consumer, one being filled.
         totals = [np.empty(self.piece_bytes // 2) for _ in range(self.DEPTH + 2)]
         buffer = bytearray(self.piece_bytes)
         count = 0

@@ -322,9 +322,9 @@ class Experiment:
         with open(decoding, "w", encoding="utf-8") as output:
             yaml.safe_dump({"params": {"beam_width": self.settings.beam_width,
                                        "maximum_decoding_length": 250}}, output)
-        self._run([self.onmt_main, "--config", config_path, decoding, "--model_dir", model_dir, *self._threads(), "infer",
-                   "--features_file", paths["test_src"], "--predictions_file", predictions],
-                  f"{key}.infer.log")
+        self._run([self.onmt_main, "--config", config_path, decoding, "--model_dir", model_dir,
+                   *self._threads(), "infer", "--features_file", paths["test_src"],
+                   "--predictions_file", predictions], f"{key}.infer.log")
         processor = sentencepiece.SentencePieceProcessor(model_file=paths["spm"])
         hypotheses = [processor.decode(line.split()) for line in _read_lines(predictions)]
         references = _read_lines(paths["test_tgt_raw"])

@@ -309,15 +309,17 @@ def test_cli_refuses_checkpoints_that_disagree(tmp_path):
            f"checkpoint {tmp_path / 'a' / 'ckpt-7'} not found", watch)
 
 
-@pytest.mark.parametrize("damage", ["flip_data", "truncate_data", "truncate_index", "garbage_index"])
+@pytest.mark.parametrize("damage", ["flip_data", "flip_slot", "truncate_data", "truncate_index", "garbage_index"])
 def test_cli_refuses_corrupt_checkpoints(run, tmp_path, damage):
     model_dir, _ = run
     prefix = os.path.join(model_dir, "ckpt-500")
     data_path, index_path = prefix + ".data-00000-of-00001", prefix + ".index"
     reader = CheckpointReader(prefix)
-    entry = reader.entries[f"model/dense{VALUE}"]
+    # A model weight (averaged), or an optimizer slot (copied from the newest checkpoint).
+    slot = "/.OPTIMIZER_SLOT/optimizer/m" if damage == "flip_slot" else ""
+    entry = reader.entries[f"model/dense{slot}{VALUE}"]
     reader.close()
-    if damage == "flip_data":
+    if damage in ("flip_data", "flip_slot"):
         with open(data_path, "r+b") as data:
             data.seek(entry.offset + 3)
             byte = data.read(1)

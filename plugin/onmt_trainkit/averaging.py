@@ -13,6 +13,7 @@ continue from the output; ``drop_optimizer`` leaves out the training state inste
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import queue
 import re
@@ -404,21 +405,49 @@ def _average_into(
         if progress is not None:
             progress(done, total)
 
+    # Every output tensor gets its place first; then a thread copies the tensors that come
+    # from the newest checkpoint while this one writes the averages.
     averaged_set = set(averaged)
-    buffer = bytearray(_Averager.PIECE_BYTES)
-    with _Averager(readers, averaged) as averager:
-        for name in sorted(newest.entries):
-            entry = newest.entries[name]
-            if name in averaged_set:
-                writer.add(entry, averager.mean(name, on_piece))
-            elif drop_optimizer and _TRAINING_STATE.search(name):
-                continue
-            elif drop_optimizer and name == OBJECT_GRAPH:
-                data, crc = encode_string_scalar(_drop_training_state(decode_string_scalar(newest.raw(name))))
-                writer.add(entry, [data], crc)
-            else:
-                writer.add(entry, newest.pieces(name, buffer), entry.crc)
+    copies: list[tuple[str, list[bytes] | None, int]] = []
+    for name in sorted(newest.entries):
+        entry = newest.entries[name]
+        if name in averaged_set:
+            writer.place(entry, entry.size)
+        elif drop_optimizer and _TRAINING_STATE.search(name):
+            continue
+        elif drop_optimizer and name == OBJECT_GRAPH:
+            data, crc = encode_string_scalar(_drop_training_state(decode_string_scalar(newest.raw(name))))
+            writer.place(entry, len(data))
+            copies.append((name, [data], crc))
+        else:
+            writer.place(entry, entry.size)
+            copies.append((name, None, entry.crc))
+    stopped = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        copying = pool.submit(_copy_tensors, newest, writer, copies, stopped)
+        try:
+            with _Averager(readers, averaged) as averager:
+                for name in averaged:
+                    if copying.done():
+                        copying.result()  # raises the copy's failure now rather than at the end
+                    writer.write(name, averager.mean(name, on_piece))
+        except BaseException:
+            stopped.set()
+            raise
+        copying.result()
+    writer.finish()
     return done
+
+
+def _copy_tensors(
+    newest: CheckpointReader, writer: CheckpointWriter, copies: list, stopped: threading.Event
+) -> None:
+    """Writes ``copies`` (name, bytes or ``None`` for the newest checkpoint's, CRC)."""
+    buffer = bytearray(_Averager.PIECE_BYTES)
+    for name, data, crc in copies:
+        if stopped.is_set():
+            return
+        writer.write(name, newest.pieces(name, buffer) if data is None else data, crc)
 
 
 def average_checkpoints(

@@ -288,37 +288,59 @@ def decode_string_scalar(data: bytes | memoryview) -> bytes:
 
 
 class CheckpointWriter:
-    """Writes a single-shard checkpoint, tensor by tensor, in sorted name order."""
+    """Writes a single-shard checkpoint. Each tensor first gets its place in the data file
+    (:meth:`place`, in name order, so the file is laid out as TensorFlow lays it out), then
+    its bytes (:meth:`write`), from any thread and in any order; :meth:`finish` writes the
+    index once every placed tensor is written."""
 
     def __init__(self, prefix: str, header: list):
         self.prefix = prefix
         self._header = [f for f in header if f[0] != 1] + [(1, pw.VARINT, 1)]
         self._data: BinaryIO = open(prefix + ".data-00000-of-00001", "wb")
-        self._offset = 0
-        self._entries: list[tuple[bytes, bytes]] = []
+        self._size = 0
+        self._places: dict[str, tuple[Entry, int, int]] = {}
+        self._written: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
-    def add(self, entry: Entry, pieces: Iterable[bytes | memoryview], crc: int | None = None) -> None:
-        """Appends tensor ``entry.name``, its bytes given in ``pieces`` (masked ``crc`` if known)."""
-        size = computed = 0
+    def place(self, entry: Entry, size: int) -> None:
+        """Reserves ``size`` bytes for tensor ``entry.name`` after those placed before."""
+        self._places[entry.name] = (entry, self._size, size)
+        self._size += size
+
+    def write(self, name: str, pieces: Iterable[bytes | memoryview], crc: int | None = None) -> None:
+        """Writes the bytes of placed tensor ``name``, given in ``pieces`` (masked ``crc`` if known)."""
+        entry, offset, size = self._places[name]
+        position, computed, fileno = offset, 0, self._data.fileno()
         for piece in pieces:
-            self._data.write(piece)
-            size += memoryview(piece).nbytes
+            view = memoryview(piece).cast("B")
+            if position + len(view) > offset + size:
+                raise ValueError(f"{name}: more than the {size} bytes placed")
             if crc is None:
-                computed = crc32c(piece, computed)
+                computed = crc32c(view, computed)
+            while view:
+                written = os.pwrite(fileno, view, position)
+                position += written
+                view = view[written:]
+        if position != offset + size:
+            raise ValueError(f"{name}: {position - offset} bytes written, {size} placed")
         if crc is None:
             crc = mask_crc(computed)
-        replaced = {3: (3, pw.VARINT, 0), 4: (4, pw.VARINT, self._offset),
+        replaced = {3: (3, pw.VARINT, 0), 4: (4, pw.VARINT, offset),
                     5: (5, pw.VARINT, size), 6: (6, pw.FIXED32, crc)}
         message = [f for f in pw.fields(entry.proto) if f[0] not in replaced]
         message += [replaced[number] for number in sorted(replaced)]
         message.sort(key=lambda f: f[0])
-        self._entries.append((entry.name.encode("utf-8"), pw.encode(message)))
-        self._offset += size
+        with self._lock:
+            self._written[name] = pw.encode(message)
 
-    def close(self) -> None:
+    def finish(self) -> None:
         """Writes the index and closes the files."""
+        missing = sorted(set(self._places) - set(self._written))
+        if missing:
+            raise ValueError(f"{len(missing)} tensors placed but not written, e.g. {missing[0]}")
         self._data.close()
-        entries = [(b"", pw.encode(self._header))] + sorted(self._entries)
+        entries = [(b"", pw.encode(self._header))]
+        entries += sorted((name.encode("utf-8"), proto) for name, proto in self._written.items())
         with open(self.prefix + ".index", "wb") as index:
             data_handle = _write_block(index, 0, entries)
             last_key = entries[-1][0]
@@ -330,6 +352,10 @@ class CheckpointWriter:
             )
             footer = _encode_handle(*meta_handle) + _encode_handle(*index_handle)
             index.write(footer.ljust(_FOOTER_SIZE - 8, b"\0") + struct.pack("<Q", _TABLE_MAGIC))
+
+    def close(self) -> None:
+        """Closes the data file (after :meth:`finish`, or to give up)."""
+        self._data.close()
 
 
 def _encode_handle(offset: int, size: int) -> bytes:

@@ -355,6 +355,7 @@ class _Averager:
         self.entries = readers[-1].entries
         halves = [readers[0::2], readers[1::2]]
         self.threads = [_PartialSums(half, names, self.PIECE_BYTES) for half in halves if half]
+        self.output = np.empty(self.PIECE_BYTES, np.uint8)
 
     def __enter__(self) -> "_Averager":
         for thread in self.threads:
@@ -368,8 +369,8 @@ class _Averager:
             thread.join()
 
     def mean(self, name: str, on_piece: Callable[[int], None]) -> Iterator[memoryview]:
-        """Yields the stored bytes of the mean of tensor ``name``, piece by piece; the
-        tensors must be asked for in the order of ``names``."""
+        """Yields the stored bytes of the mean of tensor ``name``, piece by piece, each
+        overwritten by the next; the tensors must be asked for in the order of ``names``."""
         entry = self.entries[name]
         dtype = NUMPY_DTYPES[entry.dtype]
         for _ in range(0, entry.size, self.PIECE_BYTES):
@@ -385,7 +386,8 @@ class _Averager:
                 yield float32_to_bfloat16(mean).data
             else:
                 # Divided in float64, then rounded once to the stored dtype.
-                yield np.divide(mean, self.count, out=np.empty(mean.size, dtype)).data
+                output = self.output[: mean.size * dtype.itemsize].view(dtype)
+                yield np.divide(mean, self.count, out=output).data
 
 
 def _average_into(

@@ -129,11 +129,11 @@ def main() -> int:
 
     try:
         runner.run(splits, selected, on_task_done=lambda results: experiment.write_report(
-            results, selected, results_dir))
+            results, all_recipes, results_dir))
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")
         return 1
-    table = experiment.write_report(runner.results, selected, results_dir)
+    table = experiment.write_report(runner.results, all_recipes, results_dir)
     print("\n" + table)
     _log(f"results in {results_dir}")
     return 0

@@ -134,8 +134,8 @@ def main() -> int:
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")
         return 1
-    table = experiment.write_report(runner.results, all_recipes, results_dir)
-    print("\n" + table)
+    # The report was written after the last training run.
+    print("\n" + experiment.markdown_table(experiment.summary(runner.results, all_recipes)))
     _log(f"results in {results_dir}")
     return 0
 

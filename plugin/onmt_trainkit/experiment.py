@@ -259,10 +259,7 @@ class Experiment:
         """Adds a result and saves ``results.json`` (written aside, then renamed)."""
         with self._lock:
             self.results[kind][key] = value
-            temporary = self.results_path + ".tmp"
-            with open(temporary, "w", encoding="utf-8") as output:
-                json.dump(self.results, output, indent=1, sort_keys=True)
-            os.replace(temporary, self.results_path)
+            _write_lines(self.results_path, [json.dumps(self.results, indent=1, sort_keys=True)])
 
     def _threads(self) -> list[str]:
         if self._workers == 1:
@@ -318,11 +315,7 @@ class Experiment:
         predictions = os.path.join(self.work_dir, "predictions", f"{key}.sp")
         os.makedirs(os.path.dirname(predictions), exist_ok=True)
         config_path = os.path.join(self.work_dir, "configs", f"{recipe.training}-seed{seed}.yml")
-        decoding = os.path.join(self.work_dir, "configs", "decoding.yml")
-        with open(decoding, "w", encoding="utf-8") as output:
-            yaml.safe_dump({"params": {"beam_width": self.settings.beam_width,
-                                       "maximum_decoding_length": 250}}, output)
-        self._run([self.onmt_main, "--config", config_path, decoding, "--model_dir", model_dir,
+        self._run([self.onmt_main, "--config", config_path, paths["decoding"], "--model_dir", model_dir,
                    *self._threads(), "infer", "--features_file", paths["test_src"],
                    "--predictions_file", predictions], f"{key}.infer.log")
         processor = sentencepiece.SentencePieceProcessor(model_file=paths["spm"])
@@ -344,6 +337,11 @@ class Experiment:
         """
         os.makedirs(self.work_dir, exist_ok=True)
         paths = prepare_data(self.work_dir, splits, self.settings)
+        # The test set's decoding, written once: translations running side by side read it.
+        paths["decoding"] = os.path.join(self.work_dir, "configs", "decoding.yml")
+        os.makedirs(os.path.dirname(paths["decoding"]), exist_ok=True)
+        _write_lines(paths["decoding"], [yaml.safe_dump(
+            {"params": {"beam_width": self.settings.beam_width, "maximum_decoding_length": 250}})])
         tasks = training_tasks(self.settings.seeds, selected)
         done = 0
 

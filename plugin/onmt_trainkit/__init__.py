@@ -11,7 +11,6 @@ TensorFlow.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from types import ModuleType
 
@@ -51,6 +50,8 @@ class _ActivateOnImport:
     def find_spec(self, name: str, path: object = None, target: object = None):
         if name != "opennmt":
             return None
+        import importlib.util  # here: only when OpenNMT-tf is imported, so not to slow other uses
+
         self.uninstall()
         spec = importlib.util.find_spec(name)
         if spec is None or spec.loader is None:

@@ -13,7 +13,6 @@ continue from the output; ``drop_optimizer`` leaves out the training state inste
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import queue
 import re
@@ -424,32 +423,53 @@ def _average_into(
         else:
             writer.place(entry, entry.size)
             copies.append((name, None, entry.crc))
-    stopped = threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        copying = pool.submit(_copy_tensors, newest, writer, copies, stopped)
-        try:
-            with _Averager(readers, averaged) as averager:
-                for name in averaged:
-                    if copying.done():
-                        copying.result()  # raises the copy's failure now rather than at the end
-                    writer.write(name, averager.mean(name, on_piece))
-        except BaseException:
-            stopped.set()
-            raise
-        copying.result()
+    copier = _Copier(newest, writer, copies)
+    copier.start()
+    try:
+        with _Averager(readers, averaged) as averager:
+            for name in averaged:
+                copier.check()  # its failure now rather than at the end
+                writer.write(name, averager.mean(name, on_piece))
+    except BaseException:
+        copier.stop()
+        raise
+    finally:
+        copier.join()
+    copier.check()
     writer.finish()
     return done
 
 
-def _copy_tensors(
-    newest: CheckpointReader, writer: CheckpointWriter, copies: list, stopped: threading.Event
-) -> None:
-    """Writes ``copies`` (name, bytes or ``None`` for the newest checkpoint's, CRC)."""
-    buffer = bytearray(_Averager.PIECE_BYTES)
-    for name, data, crc in copies:
-        if stopped.is_set():
-            return
-        writer.write(name, newest.pieces(name, buffer) if data is None else data, crc)
+class _Copier(threading.Thread):
+    """Writes the tensors that come from the newest checkpoint: ``copies`` holds
+    ``(name, bytes or None for the newest checkpoint's own, CRC)``. A failure is kept
+    and raised by :meth:`check`; :meth:`stop` ends the thread early."""
+
+    def __init__(self, newest: CheckpointReader, writer: CheckpointWriter, copies: list):
+        super().__init__(daemon=True)
+        self.newest = newest
+        self.writer = writer
+        self.copies = copies
+        self.error: BaseException | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        buffer = bytearray(_Averager.PIECE_BYTES)
+        try:
+            for name, data, crc in self.copies:
+                if self._stopped.is_set():
+                    return
+                self.writer.write(name, self.newest.pieces(name, buffer) if data is None else data, crc)
+        except BaseException as error:  # raised in the caller's thread by check()
+            self.error = error
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def check(self) -> None:
+        """Raises the copy's failure, if any."""
+        if self.error is not None:
+            raise self.error
 
 
 def average_checkpoints(

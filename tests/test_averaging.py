@@ -180,9 +180,10 @@ def test_progress_reports_bytes_read(run, tmp_path):
     model_dir, _ = run
     calls = []
     averaging.average_checkpoints(model_dir, str(tmp_path / "avg"), averaging.Selection(max_count=4),
-                                  progress=lambda done, total: calls.append((done, total)))
-    done = [d for d, _ in calls]
+                                  progress=lambda done, total, count: calls.append((done, total, count)))
+    done = [d for d, _, _ in calls]
     assert done == sorted(done) and calls[-1][0] == calls[-1][1]
+    assert {count for _, _, count in calls} == {4}
     assert calls[-1][1] == 4 * (4 * 3 * 4 + 5 * 2 + 3 * 2)  # 4 checkpoints of float32, float16, bfloat16
 
 
@@ -248,7 +249,7 @@ def test_cli_shows_progress_on_a_terminal(run, tmp_path):
                              env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]))
     screen = process.stdout.decode()
     assert process.returncode == 0, screen
-    assert "\rread " in screen and "(100%)" in screen
+    assert "\r2 checkpoints: read " in screen and "(100%)" in screen
     assert f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {output}/ckpt-500" in screen
 
 

@@ -46,7 +46,8 @@ LOWER_IS_BETTER = frozenset({"loss", "perplexity", "ter", "wer", "cer"})
 
 _TRAINING_STATE = re.compile(r"^optimizer/|/\.OPTIMIZER_SLOT/|^moving_average/")
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, int], None]
+"""Called with (bytes read, bytes to read, number of checkpoints averaged)."""
 
 
 class AveragingError(ValueError):
@@ -404,7 +405,7 @@ def _average_into(
         nonlocal done
         done += size
         if progress is not None:
-            progress(done, total)
+            progress(done, total, len(readers))
 
     # Every output tensor gets its place first; then a thread copies the tensors that come
     # from the newest checkpoint while this one writes the averages.
@@ -490,7 +491,8 @@ def average_checkpoints(
       selection: Which checkpoints to average.
       overwrite: Replace ``output_dir`` if it exists and is not empty.
       drop_optimizer: Leave out the optimizer and moving-average state.
-      progress: Called with (bytes read, bytes to read) as reading goes.
+      progress: Called with (bytes read, bytes to read, number of checkpoints) as reading
+        goes; every checkpoint is read at the same pace, a piece of each at a time.
 
     Returns:
       A :class:`Result`.

@@ -65,8 +65,9 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
     if args.model_dir is None and args.checkpoints is None:
         parser.error("give --model_dir or --checkpoints")
 
-    def show_progress(done: int, total: int) -> None:
-        sys.stderr.write(f"\rread {_human(done)} of {_human(total)} ({100 * done // max(total, 1)}%)")
+    def show_progress(done: int, total: int, count: int) -> None:
+        sys.stderr.write(f"\r{count} checkpoints: read {_human(done)} of {_human(total)} "
+                         f"({100 * done // max(total, 1)}%)")
         if done == total:
             sys.stderr.write("\n")
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import reference as ref
 from conftest import data_config, onmt_main, tool, write_yaml
+from onmt_trainkit.events import read_learning_rates
 from onmt_trainkit.tensor_bundle import CheckpointReader
 
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -115,6 +116,17 @@ def test_tensorboard_has_the_effective_decay(trained):
     assert decays[1] == 0.0  # the first update copies the weights
     for step in (2, 30, 40):
         assert decays[step] == pytest.approx(min(0.9, (1 + step) / (10 + step)))
+
+
+def test_logged_learning_rates_read_without_tensorflow(trained):
+    logged = {}
+    for path in tf.io.gfile.glob(os.path.join(trained["model_dir"], "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "optim/learning_rate":
+                    logged[event.step] = float(tf.make_ndarray(value.tensor))
+    assert len(logged) >= 2
+    assert read_learning_rates(trained["model_dir"]) == logged
 
 
 def test_stock_commands_use_the_model_directory(trained, tmp_path):

@@ -27,6 +27,9 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
     for score in results["scores"].values():
         assert 0 <= score["bleu"] <= 100 and 0 <= score["chrf"] <= 100
     assert set(results["runs"]["noam_ema-seed1"]["dev_loss"]) == {"6"}
+    rates = results["runs"]["noam_ema-seed1"]["learning_rate"]  # logged at every step, still warming up
+    assert sorted(int(step) for step in rates) == [1, 2, 3, 4, 5, 6]
+    assert all(rates[str(step)] < rates[str(step + 1)] for step in range(1, 6))
     table = (tmp_path / "results" / "results.md").read_text().splitlines()
     assert len(table) == 3 and table[2].startswith("| Noam + EMA + average | 1 |")
     assert (tmp_path / "results" / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 
 from onmt_trainkit import experiment
 
@@ -73,7 +72,6 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, here and in the runs' logs
-    warnings.filterwarnings("ignore", module="tensorflow_addons")  # its end-of-life notice, when plotting
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", help="Data, runs and logs (default: run/experiment, "
                         "run/experiment-quick with --quick, run/experiment-NAME with --corpus NAME).")

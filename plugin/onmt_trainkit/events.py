@@ -1,7 +1,8 @@
-"""Reading the evaluation metrics that OpenNMT-tf records, without TensorFlow.
+"""Reading the scalars that OpenNMT-tf records, without TensorFlow.
 
 OpenNMT-tf writes each evaluation as TensorBoard scalars ``metrics/<metric>`` in event files
-under ``<model_dir>/eval``. An event file is a sequence of TFRecords (length, masked
+under ``<model_dir>/eval``, and training scalars (``optim/learning_rate``, ``loss``...) in
+event files in ``<model_dir>``. An event file is a sequence of TFRecords (length, masked
 CRC32C of the length, an ``Event`` protocol buffer, masked CRC32C of the data).
 """
 
@@ -18,6 +19,7 @@ from onmt_trainkit.tensor_bundle import crc32c, mask_crc
 
 _DT_FLOAT, _DT_DOUBLE = 1, 2
 _EVAL_PREFIX = "metrics/"
+_LEARNING_RATE = "optim/learning_rate"
 
 
 def _records(path: str):
@@ -60,14 +62,12 @@ def _scalar(value: list) -> float | None:
     return None
 
 
-def read_eval_metrics(model_dir: str) -> dict[int, dict[str, float]]:
-    """Returns ``{step: {metric: value}}`` for every evaluation recorded in ``model_dir``.
-
-    A step evaluated twice keeps the value written last.
-    """
+def read_scalars(directory: str, prefix: str = "") -> dict[int, dict[str, float]]:
+    """Returns ``{step: {tag: value}}`` for the scalars of ``directory``'s event files whose
+    tag starts with ``prefix`` (removed from the tags). A step written twice keeps the value
+    written last."""
     results: dict[int, dict[str, float]] = {}
-    paths = sorted(glob.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*")))
-    for path in paths:
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
         for record in _records(path):
             event = list(pw.fields(record))
             summary = pw.first(event, 5)
@@ -80,6 +80,18 @@ def read_eval_metrics(model_dir: str) -> dict[int, dict[str, float]]:
                 value = list(pw.fields(raw))
                 tag = pw.first(value, 1, b"").decode("utf-8")
                 scalar = _scalar(value)
-                if tag.startswith(_EVAL_PREFIX) and scalar is not None:
-                    results.setdefault(step, {})[tag[len(_EVAL_PREFIX):]] = scalar
+                if tag.startswith(prefix) and scalar is not None:
+                    results.setdefault(step, {})[tag[len(prefix):]] = scalar
     return results
+
+
+def read_eval_metrics(model_dir: str) -> dict[int, dict[str, float]]:
+    """Returns ``{step: {metric: value}}`` for every evaluation recorded in ``model_dir``."""
+    return read_scalars(os.path.join(model_dir, "eval"), _EVAL_PREFIX)
+
+
+def read_learning_rates(model_dir: str) -> dict[int, float]:
+    """Returns ``{step: learning rate}`` as ``onmt-main train`` logged it, every
+    ``train.save_summary_steps``."""
+    logged = read_scalars(model_dir, _LEARNING_RATE)
+    return {step: values[""] for step, values in logged.items()}

@@ -27,7 +27,7 @@ from typing import Callable
 import yaml
 
 from onmt_trainkit import averaging
-from onmt_trainkit.events import read_eval_metrics
+from onmt_trainkit.events import read_eval_metrics, read_learning_rates
 
 DING = "/usr/share/trans/de-en"
 SPECIAL_TOKENS = ("<blank>", "<s>", "</s>")
@@ -291,10 +291,12 @@ class Experiment:
             self._run([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
                        "--seed", str(seed), *self._threads(), "train", "--with_eval"], f"{key}.train.log")
         dev = read_eval_metrics(config["model_dir"])
+        rates = read_learning_rates(config["model_dir"])
         self._record("runs", key, {
             "seconds": round(time.time() - start),
             "config": config_path,
             "dev_loss": {str(step): metrics["loss"] for step, metrics in sorted(dev.items()) if "loss" in metrics},
+            "learning_rate": {str(step): rate for step, rate in sorted(rates.items())},
         })
         return config["model_dir"]
 
@@ -409,31 +411,27 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(results: dict, selected: list[Recipe], path: str) -> None:
-    """Draws the learning-rate curve of each training recipe and its dev loss against steps."""
+    """Draws the learning rate of each training recipe, as ``onmt-main`` logged it, and its
+    dev loss against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from onmt_trainkit import plotting
-
     figure, (rates, losses) = plt.subplots(1, 2, figsize=(12, 4.5))
     trainings = {}
     for recipe in selected:
         trainings.setdefault(recipe.training, recipe)
-    for training, recipe in trainings.items():
-        runs = {k: v for k, v in results["runs"].items() if k.startswith(f"{training}-seed")}
+    for training in trainings:
+        runs = [v for k, v in results["runs"].items() if k.startswith(f"{training}-seed")]
         if not runs:
             continue
-        config_path = next(iter(runs.values()))["config"]
-        curve = plotting.curve_from_files([config_path])
-        (line,) = rates.plot(curve.values, label=training)
-        for run in runs.values():
-            steps = sorted(int(s) for s in run["dev_loss"])
-            losses.plot(steps, [run["dev_loss"][str(s)] for s in steps], color=line.get_color(),
-                        marker="o", markersize=3, alpha=0.8,
-                        label=training if run is next(iter(runs.values())) else None)
-    rates.set(xlabel="training step", ylabel="learning rate", title="Learning rate", ylim=(0, None))
+        (line,) = rates.plot(*_series(runs[0]["learning_rate"]), label=training)
+        for run in runs:
+            losses.plot(*_series(run["dev_loss"]), color=line.get_color(), marker="o", markersize=3,
+                        alpha=0.8, label=training if run is runs[0] else None)
+    rates.set(xlabel="training step", ylabel="learning rate", title="Learning rate (as onmt-main logged it)",
+              ylim=(0, None))
     losses.set(xlabel="training step", ylabel="dev loss", title="Dev loss (one line per seed)")
     for axes in (rates, losses):
         axes.grid(alpha=0.3)
@@ -441,3 +439,9 @@ def plot(results: dict, selected: list[Recipe], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _series(values: dict[str, float]) -> tuple[list[int], list[float]]:
+    """``{"step": value}`` as steps and values in step order."""
+    steps = sorted(int(step) for step in values)
+    return steps, [values[str(step)] for step in steps]

@@ -105,13 +105,19 @@ def test_plot_tool_overlays_curves_and_refuses_bad_configs(trained, tmp_path):
         assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.png").exists()
 
 
-def test_tensorboard_has_the_effective_decay(trained):
-    decays = {}
-    for path in tf.io.gfile.glob(os.path.join(trained["model_dir"], "events.out.tfevents.*")):
+def tensorboard_scalars(directory: str, tag: str) -> dict[int, float]:
+    """``{step: value}`` of a scalar in ``directory``'s event files, read by TensorFlow."""
+    values = {}
+    for path in tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                if value.tag == "optim/moving_average_decay":
-                    decays[event.step] = float(tf.make_ndarray(value.tensor))
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_tensorboard_has_the_effective_decay(trained):
+    decays = tensorboard_scalars(trained["model_dir"], "optim/moving_average_decay")
     assert sorted(decays) == list(range(1, 41))
     assert decays[1] == 0.0  # the first update copies the weights
     for step in (2, 30, 40):
@@ -119,12 +125,7 @@ def test_tensorboard_has_the_effective_decay(trained):
 
 
 def test_logged_learning_rates_read_without_tensorflow(trained):
-    logged = {}
-    for path in tf.io.gfile.glob(os.path.join(trained["model_dir"], "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == "optim/learning_rate":
-                    logged[event.step] = float(tf.make_ndarray(value.tensor))
+    logged = tensorboard_scalars(trained["model_dir"], "optim/learning_rate")
     assert len(logged) >= 2
     assert read_learning_rates(trained["model_dir"]) == logged
 
@@ -171,12 +172,7 @@ def test_onmt_main_average_checkpoints_uses_the_plugin(trained, tmp_path):
 
 
 def test_averaging_tool_output_translates_and_best_uses_recorded_bleu(trained, tmp_path):
-    bleu = {}
-    for path in tf.io.gfile.glob(os.path.join(trained["model_dir"], "eval", "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == "metrics/bleu":
-                    bleu[event.step] = float(tf.make_ndarray(value.tensor))
+    bleu = tensorboard_scalars(os.path.join(trained["model_dir"], "eval"), "metrics/bleu")
     assert sorted(bleu) == [20, 40]
     best_step = max(bleu, key=bleu.get)
     output = tmp_path / "best"

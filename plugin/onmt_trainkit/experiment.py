@@ -419,10 +419,7 @@ def plot(results: dict, selected: list[Recipe], path: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, (rates, losses) = plt.subplots(1, 2, figsize=(12, 4.5))
-    trainings = {}
-    for recipe in selected:
-        trainings.setdefault(recipe.training, recipe)
-    for training in trainings:
+    for training in dict.fromkeys(recipe.training for recipe in selected):
         runs = [v for k, v in results["runs"].items() if k.startswith(f"{training}-seed")]
         if not runs:
             continue

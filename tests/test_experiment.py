@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+
+import pytest
 
 from conftest import tool
 from onmt_trainkit import experiment, toy_corpus
@@ -19,8 +23,10 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
     args = ["--corpus", str(corpus_dir), "--quick", "--max_step", "6", "--vocab_size", "40",
             "--model", model_file, "--recipes", "noam_ema_avg",
             "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")]
-    first = tool("experiment.py", *args)
+    first = tool("experiment.py", *args, "--progress_every", "1")
     assert "training noam_ema-seed1" in first.stdout
+    # Reported while it trains (its evaluation and exit take seconds after the last step).
+    assert re.search(r"noam_ema-seed1: step [1-6] of 6", first.stdout), first.stdout
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert set(results["runs"]) == {"noam_ema-seed1"}
     assert set(results["scores"]) == {"noam_ema_avg-seed1"}
@@ -45,6 +51,23 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
         "holds results of other settings (max_step differ); give another --work_dir, or remove it to start again")
     assert len(changed.stderr.strip().splitlines()) == 1
     assert (tmp_path / "work" / "results.json").read_bytes() == before
+
+
+def test_a_running_command_reports_progress_and_a_failure_names_its_log(tmp_path):
+    runner = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print, progress_every=0.2)
+    script = ("import time\n"
+              "print('INFO Step = 100 ; steps/s = 1.0', flush=True)\n"
+              "print('INFO Step = 200 ; steps/s = 1.0', flush=True)\n"
+              "time.sleep(1.5)\n")
+    waits = []
+    runner._run([sys.executable, "-c", script], "progress.log", on_wait=waits.append)
+    log_path = str(tmp_path / "logs" / "progress.log")
+    assert len(waits) >= 2 and set(waits) == {log_path}
+    assert experiment.last_logged_step(log_path) == 200
+    (tmp_path / "logs" / "empty.log").write_text("starting\n")
+    assert experiment.last_logged_step(str(tmp_path / "logs" / "empty.log")) is None
+    with pytest.raises(RuntimeError, match=f"failed; see {tmp_path}/logs/failing.log"):
+        runner._run([sys.executable, "-c", "raise SystemExit(3)"], "failing.log")
 
 
 def test_recipes_that_differ_after_training_share_its_run():

@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--model", help="Model file (default: configs/models/small_transformer.py).")
     parser.add_argument("--jobs", type=_positive, default=1,
                         help="Training runs side by side, each with its share of the cores (default: 1).")
+    parser.add_argument("--progress_every", type=_positive, default=300, metavar="SECONDS",
+                        help="Report each training run's step and dev loss this often (default: 300).")
     args = parser.parse_args()
 
     settings = experiment.Settings(**(experiment.QUICK if args.quick else {}))
@@ -116,7 +118,8 @@ def main() -> int:
     results_dir = args.results_dir or (
         os.path.join(ROOT, "experiments", "de-en") if name == "experiment" else os.path.join(work_dir, "results"))
     try:
-        runner = experiment.Experiment(work_dir, settings, log=_log, jobs=args.jobs)
+        runner = experiment.Experiment(work_dir, settings, log=_log, jobs=args.jobs,
+                                       progress_every=args.progress_every)
     except ValueError as error:
         _fail(str(error))
     if args.corpus:

@@ -31,6 +31,7 @@ from onmt_trainkit.events import read_eval_metrics, read_learning_rates
 
 DING = "/usr/share/trans/de-en"
 SPECIAL_TOKENS = ("<blank>", "<s>", "</s>")
+_LOGGED_STEP = re.compile(r"\bStep = (\d+) ;")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -201,6 +202,15 @@ def _comparable(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key != "seeds"}
 
 
+def last_logged_step(log_path: str) -> int | None:
+    """The last training step that ``onmt-main`` reported in its log (``Step = N ;``), read
+    from the log's last 64 KB; ``None`` before the first report."""
+    with open(log_path, "rb") as log:
+        log.seek(max(0, os.path.getsize(log_path) - 65536))
+        steps = _LOGGED_STEP.findall(log.read().decode("utf-8", "replace"))
+    return int(steps[-1]) if steps else None
+
+
 def _trained_up_to(model_dir: str) -> int:
     try:
         return averaging.checkpoint_step(averaging.listed_checkpoints(model_dir)[-1])
@@ -229,13 +239,18 @@ class Experiment:
       log: Called with each progress message.
       jobs: Training runs to go side by side; each ``onmt-main`` then gets its share of
         the cores (one run at a time leaves TensorFlow's default).
+      progress_every: Seconds between two progress messages of a training run (its last
+        logged step and dev loss).
     """
 
-    def __init__(self, work_dir: str, settings: Settings, log: Callable[[str], None] = print, jobs: int = 1):
+    def __init__(self, work_dir: str, settings: Settings, log: Callable[[str], None] = print, jobs: int = 1,
+                 progress_every: float = 300.0):
         self.work_dir = os.path.abspath(work_dir)
         self.settings = settings
         self.log = log
         self.jobs = jobs
+        self.progress_every = progress_every
+        self._reported: dict[str, str] = {}
         self._workers = 1
         self._lock = threading.Lock()
         self.results_path = os.path.join(self.work_dir, "results.json")
@@ -267,13 +282,40 @@ class Experiment:
         threads = str(max(1, (os.cpu_count() or 1) // self._workers))
         return ["--intra_op_parallelism_threads", threads, "--inter_op_parallelism_threads", threads]
 
-    def _run(self, command: list[str], log_name: str) -> None:
+    def _run(self, command: list[str], log_name: str, on_wait: Callable[[str], None] | None = None) -> None:
+        """Runs ``command`` with its output appended to ``logs/<log_name>``; calls ``on_wait``
+        with the log's path every ``progress_every`` seconds while it runs."""
         log_path = os.path.join(self.work_dir, "logs", log_name)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log:
-            process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                while True:
+                    try:
+                        process.wait(timeout=self.progress_every)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if on_wait is not None:
+                            on_wait(log_path)
+            finally:
+                if process.poll() is None:  # on_wait failed: no run is left behind
+                    process.terminate()
+                    process.wait()
         if process.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
+
+    def _report_training(self, key: str, model_dir: str, log_path: str) -> None:
+        """Logs a training run's last step and dev loss, when they changed since last time."""
+        step = last_logged_step(log_path)
+        if step is None:
+            return
+        message = f"{key}: step {step} of {self.settings.max_step}"
+        losses = {s: m["loss"] for s, m in read_eval_metrics(model_dir).items() if "loss" in m}
+        if losses:
+            message += f", dev loss {losses[max(losses)]:.2f} at step {max(losses)}"
+        if self._reported.get(key) != message:
+            self._reported[key] = message
+            self.log(message)
 
     def train(self, recipe: Recipe, seed: int, paths: dict[str, str]) -> str:
         """Trains a recipe's run (or resumes it); returns its model directory."""
@@ -289,7 +331,8 @@ class Experiment:
         if _trained_up_to(config["model_dir"]) < self.settings.max_step:
             self.log(f"training {key} ({self.settings.max_step} updates)")
             self._run([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
-                       "--seed", str(seed), *self._threads(), "train", "--with_eval"], f"{key}.train.log")
+                       "--seed", str(seed), *self._threads(), "train", "--with_eval"], f"{key}.train.log",
+                      on_wait=lambda log_path: self._report_training(key, config["model_dir"], log_path))
         dev = read_eval_metrics(config["model_dir"])
         rates = read_learning_rates(config["model_dir"])
         self._record("runs", key, {

@@ -70,6 +70,21 @@ def test_a_running_command_reports_progress_and_a_failure_names_its_log(tmp_path
         runner._run([sys.executable, "-c", "raise SystemExit(3)"], "failing.log")
 
 
+def test_the_table_gives_mean_and_spread_over_seeds():
+    recipes = experiment.recipes(peak=1e-3, warmup=10, model_dim=8, ema=0.9, average=3)
+    results = {
+        "runs": {"noam-seed1": {"dev_loss": {"50": 5.0, "100": 4.0}},
+                 "noam-seed2": {"dev_loss": {"50": 5.5, "100": 4.5}}},
+        "scores": {"noam-seed1": {"recipe": "noam", "seed": 1, "bleu": 10.0, "chrf": 30.0},
+                   "noam-seed2": {"recipe": "noam", "seed": 2, "bleu": 12.0, "chrf": 33.0},
+                   "noam_avg-seed1": {"recipe": "noam_avg", "seed": 1, "bleu": 11.0, "chrf": 31.0}},
+    }
+    table = experiment.markdown_table(experiment.summary(results, recipes)).splitlines()
+    # sd of (10, 12) = sqrt(2) = 1.41; of (30, 33) = 2.12; dev loss (4.0 + 4.5) / 2 at step 100
+    assert table[2:] == ["| Noam warmup + decay | 2 | 11.00 ± 1.41 | 31.5 ± 2.1 | 4.25 |",
+                         "| Noam + average of the last 3 checkpoints | 1 | 11.00 | 31.0 | – |"]
+
+
 def test_recipes_that_differ_after_training_share_its_run():
     recipes = experiment.recipes(peak=1e-3, warmup=10, model_dim=8, ema=0.9, average=3)
     tasks = experiment.training_tasks((1, 2), recipes)

@@ -412,7 +412,9 @@ class Experiment:
 
 
 def summary(results: dict, selected: list[Recipe]) -> list[dict]:
-    """Returns one row per recipe: BLEU and chrF mean and standard deviation over seeds."""
+    """Returns one row per recipe: BLEU and chrF mean and standard deviation over seeds, and
+    the mean dev loss at the last evaluation (``None`` for an average of checkpoints, whose
+    dev loss is not measured)."""
     rows = []
     for recipe in selected:
         scores = [s for s in results["scores"].values() if s["recipe"] == recipe.name]
@@ -423,6 +425,9 @@ def summary(results: dict, selected: list[Recipe]) -> list[dict]:
             values = [s[metric] for s in scores]
             row[metric] = statistics.mean(values)
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        losses = [results["runs"][f"{recipe.training}-seed{s['seed']}"]["dev_loss"] for s in scores]
+        last = [loss[str(max(int(step) for step in loss))] for loss in losses if loss]
+        row["dev_loss"] = statistics.mean(last) if last and not recipe.average else None
         rows.append(row)
     return rows
 
@@ -442,14 +447,16 @@ def write_report(results: dict, selected: list[Recipe], results_dir: str) -> str
 
 def markdown_table(rows: list[dict]) -> str:
     """Formats :func:`summary` rows as a Markdown table."""
-    lines = ["| recipe | seeds | BLEU (mean ± sd) | chrF (mean ± sd) |", "|---|---|---|---|"]
+    lines = ["| recipe | seeds | BLEU (mean ± sd) | chrF (mean ± sd) | last dev loss (mean) |",
+             "|---|---|---|---|---|"]
     for row in rows:
         if row["seeds"] > 1:
             bleu = f"{row['bleu']:.2f} ± {row['bleu_std']:.2f}"
             chrf = f"{row['chrf']:.1f} ± {row['chrf_std']:.1f}"
         else:
             bleu, chrf = f"{row['bleu']:.2f}", f"{row['chrf']:.1f}"
-        lines.append(f"| {row['description']} | {row['seeds']} | {bleu} | {chrf} |")
+        loss = "–" if row["dev_loss"] is None else f"{row['dev_loss']:.2f}"
+        lines.append(f"| {row['description']} | {row['seeds']} | {bleu} | {chrf} | {loss} |")
     return "\n".join(lines) + "\n"
 
 

@@ -85,8 +85,8 @@ class Settings:
     max_train: int | None = None
 
 
-QUICK = dict(max_step=300, seeds=(1,), vocab_size=2000, max_train=3000, dev_size=200, test_size=200,
-             eval_every=100, beam_width=1, warmup=100, ema=0.99, average=3)
+QUICK = dict(max_step=150, seeds=(1,), vocab_size=2000, max_train=3000, dev_size=100, test_size=100,
+             eval_every=75, beam_width=1, warmup=50, ema=0.99, average=3)
 
 
 def read_ding(path: str = DING) -> list[tuple[str, str]]:

@@ -211,6 +211,20 @@ def last_logged_step(log_path: str) -> int | None:
     return int(steps[-1]) if steps else None
 
 
+def _still_running(process: subprocess.Popen, seconds: float) -> bool:
+    """Waits up to ``seconds`` for ``process``; whether it is still running."""
+    try:
+        process.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+
+
+def _dev_losses(model_dir: str) -> dict[int, float]:
+    """``{step: dev loss}`` of the evaluations recorded in ``model_dir``."""
+    return {step: metrics["loss"] for step, metrics in read_eval_metrics(model_dir).items() if "loss" in metrics}
+
+
 def _trained_up_to(model_dir: str) -> int:
     try:
         return averaging.checkpoint_step(averaging.listed_checkpoints(model_dir)[-1])
@@ -289,18 +303,14 @@ class Experiment:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                while True:
-                    try:
-                        process.wait(timeout=self.progress_every)
-                        break
-                    except subprocess.TimeoutExpired:
-                        if on_wait is not None:
-                            on_wait(log_path)
-            finally:
-                if process.poll() is None:  # on_wait failed: no run is left behind
-                    process.terminate()
-                    process.wait()
+        try:
+            while _still_running(process, self.progress_every):
+                if on_wait is not None:
+                    on_wait(log_path)
+        finally:
+            if process.poll() is None:  # on_wait failed: no run is left behind
+                process.terminate()
+                process.wait()
         if process.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
 
@@ -310,7 +320,7 @@ class Experiment:
         if step is None:
             return
         message = f"{key}: step {step} of {self.settings.max_step}"
-        losses = {s: m["loss"] for s, m in read_eval_metrics(model_dir).items() if "loss" in m}
+        losses = _dev_losses(model_dir)
         if losses:
             message += f", dev loss {losses[max(losses)]:.2f} at step {max(losses)}"
         if self._reported.get(key) != message:
@@ -333,12 +343,12 @@ class Experiment:
             self._run([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
                        "--seed", str(seed), *self._threads(), "train", "--with_eval"], f"{key}.train.log",
                       on_wait=lambda log_path: self._report_training(key, config["model_dir"], log_path))
-        dev = read_eval_metrics(config["model_dir"])
+        losses = _dev_losses(config["model_dir"])
         rates = read_learning_rates(config["model_dir"])
         self._record("runs", key, {
             "seconds": round(time.time() - start),
             "config": config_path,
-            "dev_loss": {str(step): metrics["loss"] for step, metrics in sorted(dev.items()) if "loss" in metrics},
+            "dev_loss": {str(step): loss for step, loss in sorted(losses.items())},
             "learning_rate": {str(step): rate for step, rate in sorted(rates.items())},
         })
         return config["model_dir"]
@@ -426,7 +436,7 @@ def summary(results: dict, selected: list[Recipe]) -> list[dict]:
             row[metric] = statistics.mean(values)
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         losses = [results["runs"][f"{recipe.training}-seed{s['seed']}"]["dev_loss"] for s in scores]
-        last = [loss[str(max(int(step) for step in loss))] for loss in losses if loss]
+        last = [loss[max(loss, key=int)] for loss in losses if loss]
         row["dev_loss"] = statistics.mean(last) if last and not recipe.average else None
         rows.append(row)
     return rows

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from conftest import tool
+from conftest import ROOT, tool
 from onmt_trainkit import experiment, toy_corpus
 
 
@@ -68,6 +72,78 @@ def test_a_running_command_reports_progress_and_a_failure_names_its_log(tmp_path
     assert experiment.last_logged_step(str(tmp_path / "logs" / "empty.log")) is None
     with pytest.raises(RuntimeError, match=f"failed; see {tmp_path}/logs/failing.log"):
         runner._run([sys.executable, "-c", "raise SystemExit(3)"], "failing.log")
+
+
+def _gone(pid: int, seconds: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (or is only left to be reaped) within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_stop_terminates_the_running_commands_and_starts_no_other(tmp_path):
+    runner = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print, progress_every=0.1)
+    pid_file = tmp_path / "pid"
+    script = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+    errors = []
+
+    def run() -> None:
+        try:
+            runner._run([sys.executable, "-c", script], "long.log")
+        except RuntimeError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while not pid_file.exists() or not pid_file.read_text():
+        time.sleep(0.05)
+    runner.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and _gone(int(pid_file.read_text()))
+    assert len(errors) == 1 and "failed; see" in str(errors[0])
+    with pytest.raises(RuntimeError, match="stopped"):
+        runner._run([sys.executable, "-c", "open('started', 'w')"], "after.log")
+    assert not (tmp_path / "logs" / "after.log").exists()
+
+
+def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    for split in ("train", "dev", "test"):
+        for side in ("src", "tgt"):
+            (corpus_dir / f"{split}.{side}").write_text("a b c\nb c d\n" * 20)
+    work_dir = str(tmp_path / "work")
+    command = [sys.executable, os.path.join(ROOT, "tools", "experiment.py"), "--corpus", str(corpus_dir),
+               "--quick", "--max_step", "100000", "--vocab_size", "10", "--model", model_file,
+               "--recipes", "constant", "--work_dir", work_dir]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore"))
+    training = None
+    for _ in range(600):  # the onmt-main that trains: the process whose command line names the work dir
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    arguments = cmdline.read().split(b"\0")
+            except OSError:
+                continue
+            if any(b"onmt-main" in argument for argument in arguments[:2]) and work_dir.encode() in b" ".join(arguments):
+                training = int(pid)
+        if training is not None or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert training is not None, process.communicate()[0]
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, output
+    assert "stopped; finished runs and translations are kept: run the same command again to resume" in output
+    assert _gone(training)
 
 
 def test_the_table_gives_mean_and_spread_over_seeds():

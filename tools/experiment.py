@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,9 +26,18 @@ def _log(message: str) -> None:
     print(time.strftime("%H:%M:%S ") + message, flush=True)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _fail(message: str) -> None:
     sys.stderr.write(f"experiment: error: {message}\n")
     sys.exit(2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Stops on SIGTERM as on Ctrl-C: the runs going are terminated, what they finished is kept."""
+    raise KeyboardInterrupt
 
 
 def _ding(path: str) -> list[tuple[str, str]]:
@@ -130,14 +140,19 @@ def main() -> int:
     else:
         splits = experiment.split_corpus(_ding(args.ding), settings)
     _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test pairs; "
-         f"{len(selected)} recipes x {len(settings.seeds)} seeds, {settings.max_step} updates each")
+         f"{_count(len(selected), 'recipe')} x {_count(len(settings.seeds), 'seed')}, "
+         f"{settings.max_step} updates each")
 
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         runner.run(splits, selected, on_task_done=lambda results: experiment.write_report(
             results, all_recipes, results_dir))
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")
         return 1
+    except KeyboardInterrupt:
+        _log("stopped; finished runs and translations are kept: run the same command again to resume")
+        return 130
     # The report was written after the last training run.
     print("\n" + experiment.markdown_table(experiment.summary(runner.results, all_recipes)))
     _log(f"results in {results_dir}")

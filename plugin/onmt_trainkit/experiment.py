@@ -267,6 +267,8 @@ class Experiment:
         self._reported: dict[str, str] = {}
         self._workers = 1
         self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopping = False
         self.results_path = os.path.join(self.work_dir, "results.json")
         self.results: dict = {"settings": asdict(settings), "runs": {}, "scores": {}}
         if os.path.exists(self.results_path):
@@ -301,8 +303,12 @@ class Experiment:
         with the log's path every ``progress_every`` seconds while it runs."""
         log_path = os.path.join(self.work_dir, "logs", log_name)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("stopped")
+            with open(log_path, "a", encoding="utf-8") as log:
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self._running.add(process)
         try:
             while _still_running(process, self.progress_every):
                 if on_wait is not None:
@@ -311,6 +317,8 @@ class Experiment:
             if process.poll() is None:  # on_wait failed: no run is left behind
                 process.terminate()
                 process.wait()
+            with self._lock:
+                self._running.discard(process)
         if process.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
 
@@ -412,13 +420,31 @@ class Experiment:
                     on_task_done(self.results)
 
         self._workers = min(self.jobs, len(tasks))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
-            futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._workers)
+        futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
+        try:
+            concurrent.futures.wait(futures)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): no onmt-main is left running
+            self.stop()
+            pool.shutdown(cancel_futures=True)
+            raise
+        pool.shutdown()
         errors = [future.exception() for future in futures if future.exception() is not None]
         for error in errors:
             self.log(f"failed: {error}")
         if errors:
             raise errors[0]
+
+    def stop(self) -> None:
+        """Terminates the running ``onmt-main`` processes and starts no other; what they
+        finished is kept (a training run resumes from its last checkpoint)."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running)
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait()
 
 
 def summary(results: dict, selected: list[Recipe]) -> list[dict]:

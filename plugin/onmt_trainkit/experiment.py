@@ -32,6 +32,9 @@ from onmt_trainkit.events import read_eval_metrics, read_learning_rates
 DING = "/usr/share/trans/de-en"
 SPECIAL_TOKENS = ("<blank>", "<s>", "</s>")
 _LOGGED_STEP = re.compile(r"\bStep = (\d+) ;")
+# Longer training examples are skipped; no translation is decoded longer (a model early in
+# training may repeat itself until the limit).
+MAX_LENGTH = 100
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -175,11 +178,11 @@ def prepare_data(work_dir: str, splits: dict[str, list], settings: Settings) -> 
 
 def training_config(recipe: Recipe, seed: int, paths: dict[str, str], settings: Settings, work_dir: str) -> dict:
     """The ``onmt-main`` configuration of a recipe's training run."""
-    # OpenNMT-tf's evaluation also decodes the dev set: greedily here, and no longer than
-    # the longest training example, so that measuring the dev loss stays cheap.
+    # OpenNMT-tf's evaluation also decodes the dev set: greedily here, and in batches of
+    # sentences of similar length, so that measuring the dev loss stays cheap.
     params = {"optimizer": "Adam", "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
               "label_smoothing": 0.1, "average_loss_in_time": True, "beam_width": 1,
-              "maximum_decoding_length": 100, **copy.deepcopy(recipe.params)}
+              "maximum_decoding_length": MAX_LENGTH, **copy.deepcopy(recipe.params)}
     return {
         "model_dir": os.path.join(work_dir, "runs", f"{recipe.training}-seed{seed}"),
         "data": {
@@ -190,10 +193,11 @@ def training_config(recipe: Recipe, seed: int, paths: dict[str, str], settings: 
         "params": params,
         "train": {"batch_type": "tokens", "batch_size": settings.batch_size, "max_step": settings.max_step,
                   "save_checkpoints_steps": max(settings.max_step // 10, 1), "keep_checkpoint_max": 10,
-                  "save_summary_steps": max(settings.max_step // 30, 1), "maximum_features_length": 100,
-                  "maximum_labels_length": 100, "sample_buffer_size": -1, **recipe.train},
-        "eval": {"steps": settings.eval_every, "batch_size": 64, "batch_type": "examples"},
-        "infer": {"batch_size": 64, "batch_type": "examples"},
+                  "save_summary_steps": max(settings.max_step // 30, 1), "maximum_features_length": MAX_LENGTH,
+                  "maximum_labels_length": MAX_LENGTH, "sample_buffer_size": -1, **recipe.train},
+        "eval": {"steps": settings.eval_every, "batch_size": 64, "batch_type": "examples",
+                 "length_bucket_width": 1},
+        "infer": {"batch_size": 64, "batch_type": "examples", "length_bucket_width": 1},
     }
 
 
@@ -404,7 +408,7 @@ class Experiment:
         paths["decoding"] = os.path.join(self.work_dir, "configs", "decoding.yml")
         os.makedirs(os.path.dirname(paths["decoding"]), exist_ok=True)
         _write_lines(paths["decoding"], [yaml.safe_dump(
-            {"params": {"beam_width": self.settings.beam_width, "maximum_decoding_length": 250}})])
+            {"params": {"beam_width": self.settings.beam_width, "maximum_decoding_length": MAX_LENGTH}})])
         tasks = training_tasks(self.settings.seeds, selected)
         done = 0
 

@@ -22,7 +22,7 @@ experiment: $(STAMP)
 	$(BIN)/python tools/experiment.py --jobs 2 $(ARGS)
 
 experiment-quick: $(STAMP)
-	$(BIN)/python tools/experiment.py --quick --jobs 2 $(ARGS)
+	$(BIN)/python tools/experiment.py --budget quick --jobs 2 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/moving_average.py

@@ -24,7 +24,7 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
         paths = toy_corpus.write_corpus(str(tmp_path / split), num_train=count, num_test=1, seed=seed)
         for side in ("src", "tgt"):
             os.replace(paths[f"train_{side}"], corpus_dir / f"{split}.{side}")
-    args = ["--corpus", str(corpus_dir), "--quick", "--max_step", "6", "--vocab_size", "40",
+    args = ["--corpus", str(corpus_dir), "--budget", "quick", "--max_step", "6", "--vocab_size", "40",
             "--model", model_file, "--recipes", "noam_ema_avg",
             "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")]
     first = tool("experiment.py", *args, "--progress_every", "1")
@@ -121,7 +121,7 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
             (corpus_dir / f"{split}.{side}").write_text("a b c\nb c d\n" * 20)
     work_dir = str(tmp_path / "work")
     command = [sys.executable, os.path.join(ROOT, "tools", "experiment.py"), "--corpus", str(corpus_dir),
-               "--quick", "--max_step", "100000", "--vocab_size", "10", "--model", model_file,
+               "--budget", "quick", "--max_step", "100000", "--vocab_size", "10", "--model", model_file,
                "--recipes", "constant", "--work_dir", work_dir]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore"))
@@ -133,7 +133,8 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
                     arguments = cmdline.read().split(b"\0")
             except OSError:
                 continue
-            if any(b"onmt-main" in argument for argument in arguments[:2]) and work_dir.encode() in b" ".join(arguments):
+            named = any(b"onmt-main" in argument for argument in arguments[:2])
+            if named and work_dir.encode() in b" ".join(arguments):
                 training = int(pid)
         if training is not None or process.poll() is not None:
             break
@@ -144,6 +145,16 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
     assert process.returncode == 130, output
     assert "stopped; finished runs and translations are kept: run the same command again to resume" in output
     assert _gone(training)
+
+
+@pytest.mark.parametrize("budget, published", [("long", "de-en-long")])
+def test_the_committed_results_are_those_of_their_command(tmp_path, budget, published):
+    # `--budget BUDGET` accepts (and would resume) the committed results: same settings.
+    saved = os.path.join(ROOT, "experiments", published, "results.json")
+    (tmp_path / "results.json").write_bytes(open(saved, "rb").read())
+    runner = experiment.Experiment(str(tmp_path), experiment.Settings(**experiment.BUDGETS[budget]))
+    recipes = [r.name for r in experiment.recipes(1e-3, 10, 8, 0.9, 3)]
+    assert sorted(runner.results["scores"]) == sorted(f"{r}-seed{s}" for r in recipes for s in (1, 2, 3))
 
 
 def test_the_table_gives_mean_and_spread_over_seeds():

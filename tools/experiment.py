@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Compare training recipes on a real corpus: train, translate, score, tabulate (resumable).
 
-    python tools/experiment.py                      # German-English example sentences (Ding)
-    python tools/experiment.py --quick              # a few minutes, to try the pipeline
+    python tools/experiment.py                      # German-English example sentences (Ding), about an hour
+    python tools/experiment.py --budget quick       # a few minutes, to try the pipeline
+    python tools/experiment.py --budget long        # three times the updates, about 4 hours
     python tools/experiment.py --corpus DIR         # DIR/{train,dev,test}.{src,tgt}, any language pair
 """
 
@@ -83,13 +84,15 @@ def _seeds(text: str) -> tuple[int, ...]:
 def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, here and in the runs' logs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=list(experiment.BUDGETS), default="hour",
+                        help="hour (default): 1,000 updates a run, the whole table in about an hour on 2 cores; "
+                        "quick: 3,000 pairs, 150 updates, 1 seed, a few minutes; long: 3,000 updates of "
+                        "twice the batch, about 4 hours.")
     parser.add_argument("--work_dir", help="Data, runs and logs (default: run/experiment, "
-                        "run/experiment-quick with --quick, run/experiment-NAME with --corpus NAME).")
+                        "run/experiment-BUDGET with --budget quick or long, and -NAME added with --corpus NAME).")
     parser.add_argument("--results_dir", help="Where results.json, results.md and curves.png go after each "
-                        "training run (default: experiments/de-en for the full German-English run, "
-                        "else WORK_DIR/results).")
-    parser.add_argument("--quick", action="store_true",
-                        help="About 6 minutes on 2 cores: 3,000 pairs, 150 updates, 1 seed.")
+                        "training run (default: experiments/de-en for the German-English corpus, "
+                        "experiments/de-en-long with --budget long, else WORK_DIR/results).")
     parser.add_argument("--corpus", help="Directory with train/dev/test .src/.tgt plain-text files.")
     parser.add_argument("--ding", default=experiment.DING, help="The Ding dictionary file.")
     parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
@@ -103,7 +106,7 @@ def main() -> int:
                         help="Report each training run's step and dev loss this often (default: 300).")
     args = parser.parse_args()
 
-    settings = experiment.Settings(**(experiment.QUICK if args.quick else {}))
+    settings = experiment.Settings(**experiment.BUDGETS[args.budget])
     if args.max_step is not None:
         settings = dataclasses.replace(settings, max_step=args.max_step)
     if args.vocab_size is not None:
@@ -122,12 +125,13 @@ def main() -> int:
             _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {', '.join(r.name for r in all_recipes)}")
         selected = [r for r in all_recipes if r.name in names]
 
-    name = "experiment" + ("-quick" if args.quick else "")
+    name = "experiment" + ("" if args.budget == "hour" else f"-{args.budget}")
     if args.corpus:
         name += "-" + os.path.basename(os.path.normpath(args.corpus))
     work_dir = args.work_dir or os.path.join(ROOT, "run", name)
+    published = {"experiment": "de-en", "experiment-long": "de-en-long"}.get(name)
     results_dir = args.results_dir or (
-        os.path.join(ROOT, "experiments", "de-en") if name == "experiment" else os.path.join(work_dir, "results"))
+        os.path.join(ROOT, "experiments", published) if published else os.path.join(work_dir, "results"))
     try:
         runner = experiment.Experiment(work_dir, settings, log=_log, jobs=args.jobs,
                                        progress_every=args.progress_every)

@@ -69,27 +69,34 @@ def recipes(peak: float, warmup: int, model_dim: int, ema: float, average: int) 
 
 @dataclass
 class Settings:
-    """The experiment's budget and model."""
+    """The experiment's budget and model; the defaults fit the whole table in about an hour
+    on 2 cores (:data:`BUDGETS`)."""
 
-    max_step: int = 3000
+    max_step: int = 1000
     seeds: tuple[int, ...] = (1, 2, 3)
     vocab_size: int = 8000
-    batch_size: int = 2048
+    batch_size: int = 1024
     model_file: str = os.path.join(ROOT, "configs", "models", "small_transformer.py")
     model_dim: int = 128
     peak: float = 2e-3
-    warmup: int = 400
-    ema: float = 0.999
+    warmup: int = 100
+    ema: float = 0.995
     average: int = 5
-    eval_every: int = 500
+    eval_every: int = 100
     beam_width: int = 4
     dev_size: int = 1000
     test_size: int = 1000
     max_train: int | None = None
 
 
-QUICK = dict(max_step=150, seeds=(1,), vocab_size=2000, max_train=3000, dev_size=100, test_size=100,
-             eval_every=75, beam_width=1, warmup=50, ema=0.99, average=3)
+# Changes to the defaults: "quick" tries the pipeline in minutes; "long" trains three times as
+# many updates of twice the batch (the schedules and the EMA stretched alike), about 4 hours.
+BUDGETS: dict[str, dict] = {
+    "quick": dict(max_step=150, seeds=(1,), vocab_size=2000, max_train=3000, dev_size=100, test_size=100,
+                  eval_every=75, beam_width=1, warmup=50, ema=0.99, average=3),
+    "hour": {},
+    "long": dict(max_step=3000, batch_size=2048, warmup=400, ema=0.999, eval_every=500),
+}
 
 
 def read_ding(path: str = DING) -> list[tuple[str, str]]:
@@ -178,11 +185,11 @@ def prepare_data(work_dir: str, splits: dict[str, list], settings: Settings) -> 
 
 def training_config(recipe: Recipe, seed: int, paths: dict[str, str], settings: Settings, work_dir: str) -> dict:
     """The ``onmt-main`` configuration of a recipe's training run."""
-    # OpenNMT-tf's evaluation also decodes the dev set: greedily here, and in batches of
-    # sentences of similar length, so that measuring the dev loss stays cheap.
+    # OpenNMT-tf's evaluation also decodes the dev set, which only the dev loss is wanted from
+    # here: one greedy step. The test set's translation has its own decoding parameters.
     params = {"optimizer": "Adam", "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
               "label_smoothing": 0.1, "average_loss_in_time": True, "beam_width": 1,
-              "maximum_decoding_length": MAX_LENGTH, **copy.deepcopy(recipe.params)}
+              "maximum_decoding_length": 1, **copy.deepcopy(recipe.params)}
     return {
         "model_dir": os.path.join(work_dir, "runs", f"{recipe.training}-seed{seed}"),
         "data": {
@@ -195,10 +202,18 @@ def training_config(recipe: Recipe, seed: int, paths: dict[str, str], settings: 
                   "save_checkpoints_steps": max(settings.max_step // 10, 1), "keep_checkpoint_max": 10,
                   "save_summary_steps": max(settings.max_step // 30, 1), "maximum_features_length": MAX_LENGTH,
                   "maximum_labels_length": MAX_LENGTH, "sample_buffer_size": -1, **recipe.train},
-        "eval": {"steps": settings.eval_every, "batch_size": 64, "batch_type": "examples",
-                 "length_bucket_width": 1},
+        "eval": {"steps": settings.eval_every, "batch_size": 64, "batch_type": "examples"},
         "infer": {"batch_size": 64, "batch_type": "examples", "length_bucket_width": 1},
     }
+
+
+def _recorded(settings: Settings) -> dict:
+    """The settings as ``results.json`` records them: a model file of this repository by its
+    path from the repository's root, so that results compare across clones."""
+    recorded = json.loads(json.dumps(asdict(settings)))
+    if os.path.commonpath([ROOT, os.path.abspath(settings.model_file)]) == ROOT:
+        recorded["model_file"] = os.path.relpath(settings.model_file, ROOT)
+    return recorded
 
 
 def _comparable(settings: dict) -> dict:
@@ -274,11 +289,11 @@ class Experiment:
         self._running: set[subprocess.Popen] = set()
         self._stopping = False
         self.results_path = os.path.join(self.work_dir, "results.json")
-        self.results: dict = {"settings": asdict(settings), "runs": {}, "scores": {}}
+        self.results: dict = {"settings": _recorded(settings), "runs": {}, "scores": {}}
         if os.path.exists(self.results_path):
             with open(self.results_path, encoding="utf-8") as saved:
                 previous = json.load(saved)
-            current = json.loads(json.dumps(asdict(settings)))
+            current = _recorded(settings)
             before = _comparable(previous.get("settings", {}))
             changed = sorted(k for k, v in _comparable(current).items() if before.get(k) != v)
             if changed:
@@ -359,7 +374,7 @@ class Experiment:
         rates = read_learning_rates(config["model_dir"])
         self._record("runs", key, {
             "seconds": round(time.time() - start),
-            "config": config_path,
+            "config": os.path.relpath(config_path, self.work_dir),
             "dev_loss": {str(step): loss for step, loss in sorted(losses.items())},
             "learning_rate": {str(step): rate for step, rate in sorted(rates.items())},
         })

@@ -91,8 +91,8 @@ def main() -> int:
     parser.add_argument("--work_dir", help="Data, runs and logs (default: run/experiment, "
                         "run/experiment-BUDGET with --budget quick or long, and -NAME added with --corpus NAME).")
     parser.add_argument("--results_dir", help="Where results.json, results.md and curves.png go after each "
-                        "training run (default: experiments/de-en for the German-English corpus, "
-                        "experiments/de-en-long with --budget long, else WORK_DIR/results).")
+                        "training run (default: experiments/de-en for the German-English corpus with the hour "
+                        "budget's settings, experiments/de-en-long with the long budget's, else WORK_DIR/results).")
     parser.add_argument("--corpus", help="Directory with train/dev/test .src/.tgt plain-text files.")
     parser.add_argument("--ding", default=experiment.DING, help="The Ding dictionary file.")
     parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
@@ -129,7 +129,9 @@ def main() -> int:
     if args.corpus:
         name += "-" + os.path.basename(os.path.normpath(args.corpus))
     work_dir = args.work_dir or os.path.join(ROOT, "run", name)
-    published = {"experiment": "de-en", "experiment-long": "de-en-long"}.get(name)
+    # The committed tables are rewritten only by the settings that made them.
+    overridden = any(value is not None for value in (args.max_step, args.vocab_size, args.model))
+    published = None if overridden else {"experiment": "de-en", "experiment-long": "de-en-long"}.get(name)
     results_dir = args.results_dir or (
         os.path.join(ROOT, "experiments", published) if published else os.path.join(work_dir, "results"))
     try:

@@ -122,7 +122,7 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
     work_dir = str(tmp_path / "work")
     command = [sys.executable, os.path.join(ROOT, "tools", "experiment.py"), "--corpus", str(corpus_dir),
                "--budget", "quick", "--max_step", "100000", "--vocab_size", "10", "--model", model_file,
-               "--recipes", "constant", "--work_dir", work_dir]
+               "--recipes", "constant,warmup_linear", "--work_dir", work_dir]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore"))
     training = None
@@ -145,6 +145,7 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
     assert process.returncode == 130, output
     assert "stopped; finished runs and translations are kept: run the same command again to resume" in output
     assert _gone(training)
+    assert output.count(" training ") == 1, output  # the waiting run did not start
 
 
 @pytest.mark.parametrize("budget, published", [("long", "de-en-long")])

@@ -148,14 +148,15 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
     assert output.count(" training ") == 1, output  # the waiting run did not start
 
 
-@pytest.mark.parametrize("budget, published", [("long", "de-en-long")])
+@pytest.mark.parametrize("budget, published", [("hour", "de-en"), ("long", "de-en-long")])
 def test_the_committed_results_are_those_of_their_command(tmp_path, budget, published):
-    # `--budget BUDGET` accepts (and would resume) the committed results: same settings.
+    # `--budget BUDGET` accepts (and would resume) the committed results: same settings, all cells.
     saved = os.path.join(ROOT, "experiments", published, "results.json")
     (tmp_path / "results.json").write_bytes(open(saved, "rb").read())
-    runner = experiment.Experiment(str(tmp_path), experiment.Settings(**experiment.BUDGETS[budget]))
+    settings = experiment.Settings(**experiment.BUDGETS[budget])
+    runner = experiment.Experiment(str(tmp_path), settings)
     recipes = [r.name for r in experiment.recipes(1e-3, 10, 8, 0.9, 3)]
-    assert sorted(runner.results["scores"]) == sorted(f"{r}-seed{s}" for r in recipes for s in (1, 2, 3))
+    assert sorted(runner.results["scores"]) == sorted(f"{r}-seed{s}" for r in recipes for s in settings.seeds)
 
 
 def test_the_table_gives_mean_and_spread_over_seeds():

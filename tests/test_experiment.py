@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,19 @@ def _gone(pid: int, seconds: float = 10.0) -> bool:
     return False
 
 
+def _onmt_main_naming(text: str) -> int | None:
+    """The process id of an ``onmt-main`` whose command line contains ``text``, if any."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                arguments = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if any(b"onmt-main" in argument for argument in arguments[:2]) and text.encode() in b" ".join(arguments):
+            return int(pid)
+    return None
+
+
 def test_stop_terminates_the_running_commands_and_starts_no_other(tmp_path):
     runner = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print, progress_every=0.1)
     pid_file = tmp_path / "pid"
@@ -126,16 +140,8 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore"))
     training = None
-    for _ in range(600):  # the onmt-main that trains: the process whose command line names the work dir
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                    arguments = cmdline.read().split(b"\0")
-            except OSError:
-                continue
-            named = any(b"onmt-main" in argument for argument in arguments[:2])
-            if named and work_dir.encode() in b" ".join(arguments):
-                training = int(pid)
+    for _ in range(600):
+        training = _onmt_main_naming(work_dir)
         if training is not None or process.poll() is not None:
             break
         time.sleep(0.1)
@@ -152,7 +158,7 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
 def test_the_committed_results_are_those_of_their_command(tmp_path, budget, published):
     # `--budget BUDGET` accepts (and would resume) the committed results: same settings, all cells.
     saved = os.path.join(ROOT, "experiments", published, "results.json")
-    (tmp_path / "results.json").write_bytes(open(saved, "rb").read())
+    shutil.copyfile(saved, tmp_path / "results.json")
     settings = experiment.Settings(**experiment.BUDGETS[budget])
     runner = experiment.Experiment(str(tmp_path), settings)
     recipes = [r.name for r in experiment.recipes(1e-3, 10, 8, 0.9, 3)]

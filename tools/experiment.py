@@ -130,8 +130,8 @@ def main() -> int:
         name += "-" + os.path.basename(os.path.normpath(args.corpus))
     work_dir = args.work_dir or os.path.join(ROOT, "run", name)
     # The committed tables are rewritten only by the settings that made them.
-    overridden = any(value is not None for value in (args.max_step, args.vocab_size, args.model))
-    published = None if overridden else {"experiment": "de-en", "experiment-long": "de-en-long"}.get(name)
+    overridden = args.corpus or any(value is not None for value in (args.max_step, args.vocab_size, args.model))
+    published = None if overridden else {"hour": "de-en", "long": "de-en-long"}.get(args.budget)
     results_dir = args.results_dir or (
         os.path.join(ROOT, "experiments", published) if published else os.path.join(work_dir, "results"))
     try:

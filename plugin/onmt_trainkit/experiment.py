@@ -291,11 +291,11 @@ class Experiment:
         self._running: set[subprocess.Popen] = set()
         self._stopping = False
         self.results_path = os.path.join(self.work_dir, "results.json")
-        self.results: dict = {"settings": _recorded(settings), "runs": {}, "scores": {}}
+        current = _recorded(settings)
+        self.results: dict = {"settings": current, "runs": {}, "scores": {}}
         if os.path.exists(self.results_path):
             with open(self.results_path, encoding="utf-8") as saved:
                 previous = json.load(saved)
-            current = _recorded(settings)
             before = _comparable(previous.get("settings", {}))
             changed = sorted(k for k, v in _comparable(current).items() if before.get(k) != v)
             if changed:
@@ -441,16 +441,14 @@ class Experiment:
                     on_task_done(self.results)
 
         self._workers = min(self.jobs, len(tasks))
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._workers)
-        futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
-        try:
-            concurrent.futures.wait(futures)
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM): no onmt-main is left running
-            pool.shutdown(wait=False, cancel_futures=True)  # first, so that no waiting task starts
-            self.stop()
-            pool.shutdown()
-            raise
-        pool.shutdown()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
+            futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
+            try:
+                concurrent.futures.wait(futures)
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM): no onmt-main is left running
+                pool.shutdown(wait=False, cancel_futures=True)  # first, so that no waiting task starts
+                self.stop()
+                raise
         errors = [future.exception() for future in futures if future.exception() is not None]
         for error in errors:
             self.log(f"failed: {error}")

@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python tools/demo.py --output_dir $(DEMO_DIR)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 experiment: $(STAMP)

@@ -102,7 +102,8 @@ def main() -> int:
                 results[name] = (min(elapsed, best[0]), max(peak, best[1])) if best else (elapsed, peak)
         rows.append((count, sum(size for _, _, size in ranges), min(floors), results))
 
-    print(f"\nTransformer base, {len(checkpoints)} checkpoints of {os.path.getsize(checkpoints[-1] + '.data-00000-of-00001') / 1e6:.0f} MB "
+    size_mb = os.path.getsize(checkpoints[-1] + ".data-00000-of-00001") / 1e6
+    print(f"\nTransformer base, {len(checkpoints)} checkpoints of {size_mb:.0f} MB "
           f"(weights + Adam slots); Python starts in {python_start:.2f} s")
     print(f"{'N':>2} {'averaged':>9} {'floor':>10} {'plugin':>8} {'onmt-main':>9} {'speed-up':>8} "
           f"{'vs floor+start':>14} {'plugin RSS':>10} {'onmt-main RSS':>13}")

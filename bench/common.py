@@ -9,9 +9,10 @@ import time
 
 import yaml
 
-from onmt_trainkit import toy_corpus
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))  # toy_corpus, shared with the demo and the tests
+
+import toy_corpus  # noqa: E402
 ONMT_MAIN = os.path.join(os.path.dirname(sys.executable), "onmt-main")
 
 STOCK_BASE = '''import opennmt

@@ -21,7 +21,7 @@ import time
 
 from common import ONMT_MAIN, ROOT, measure, write_config
 
-from onmt_trainkit import toy_corpus
+import toy_corpus  # on the path through common
 
 MODEL = os.path.join(ROOT, "configs", "models", "small_transformer.py")
 

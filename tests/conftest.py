@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import yaml
 
-from onmt_trainkit import toy_corpus
+import toy_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

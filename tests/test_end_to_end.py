@@ -65,7 +65,7 @@ def test_logged_learning_rates_follow_the_schedule(trained):
     schedule = functools.partial(ref.polynomial, initial=0.002, decay_steps=30, end=0.0)
     for step in (1, 9, 10, 11, 25, 39, 40):
         expected = ref.wrapped(schedule, [step], warmup=10)[0]
-        assert rates[step] == "%f" % expected, step
+        assert rates[step] == f"{expected:f}", step
 
 
 def test_plot_tool_gives_what_training_logs(trained, tmp_path):
@@ -78,7 +78,7 @@ def test_plot_tool_gives_what_training_logs(trained, tmp_path):
     assert table[0] == ["step", "config"]
     assert [int(r[0]) for r in table[1:]] == list(range(41))
     for step, rate in logged_rates(trained["log"]).items():
-        assert "%f" % float(table[step + 1][1]) == rate
+        assert f"{float(table[step + 1][1]):f}" == rate
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from conftest import ROOT, tool
-from onmt_trainkit import experiment, toy_corpus
+import toy_corpus
+from experiments import translation as experiment
 
 
 def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):

@@ -72,7 +72,7 @@ def test_worked_example_first_logged_rate():
     )
     raw = ref.noam(1, 2, 4, 8000)
     assert raw == pytest.approx(2 * 0.5 * 2 * 8000**-1.5)  # 2.795e-6, under the floor
-    assert "%f" % float(schedule(1)) == "0.000100"
+    assert f"{float(schedule(1)):f}" == "0.000100"
     # The floor holds until Noam rises above it: t * 8000^-1.5 > 1e-4 from t = 72.
     assert float(schedule(70)) == pytest.approx(1e-4)
     assert float(schedule(71)) == pytest.approx(72 * 8000**-1.5, rel=RTOL)

@@ -15,9 +15,8 @@ import shutil
 import subprocess
 import sys
 
+import toy_corpus  # tools/toy_corpus.py, beside this script
 import yaml
-
-from onmt_trainkit import toy_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FILE = os.path.join(ROOT, "configs", "models", "tiny_transformer.py")

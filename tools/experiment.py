@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 
-from onmt_trainkit import experiment
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from experiments import translation as experiment  # noqa: E402
 
 
 def _log(message: str) -> None:

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -357,7 +357,7 @@ class _Averager:
         self.threads = [_PartialSums(half, names, self.PIECE_BYTES) for half in halves if half]
         self.output = np.empty(self.PIECE_BYTES, np.uint8)
 
-    def __enter__(self) -> "_Averager":
+    def __enter__(self) -> _Averager:
         for thread in self.threads:
             thread.start()
         return self

@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 import warnings
-from typing import NoReturn, Sequence
+from typing import NoReturn
+from collections.abc import Sequence
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,7 +17,8 @@ The ``params`` keys, stock OpenNMT-tf first:
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import opennmt
 import tensorflow as tf

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 
 class ConfigError(ValueError):

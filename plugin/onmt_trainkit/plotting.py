@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import opennmt
@@ -101,7 +101,7 @@ def write_csv(curves: Sequence[Curve], path: str) -> None:
         writer.writerow(["step", *(c.label for c in curves)])
         for step in range(length):
             writer.writerow(
-                [step, *("%.9g" % c.values[step] if step < len(c.values) else "" for c in curves)]
+                [step, *(f"{c.values[step]:.9g}" if step < len(c.values) else "" for c in curves)]
             )
     os.replace(temporary, path)
 

@@ -8,7 +8,7 @@ kept, so a message re-encoded after editing keeps everything it did not touch.
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 VARINT, FIXED64, BYTES, FIXED32 = 0, 1, 2, 5
 
@@ -93,7 +93,7 @@ def encode(message: list[Field]) -> bytes:
     return bytes(out)
 
 
-def first(message: list[Field], number: int, default: "int | bytes | None" = None) -> "int | bytes | None":
+def first(message: list[Field], number: int, default: int | bytes | None = None) -> int | bytes | None:
     """Returns the value of the first field ``number``, or ``default``."""
     for field_number, _, value in message:
         if field_number == number:

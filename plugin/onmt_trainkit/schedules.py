@@ -7,7 +7,8 @@ Each class validates its arguments in ``__init__``, implements ``get_config`` (a
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -251,7 +252,7 @@ class ScheduleWrapper(_Schedule):
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "ScheduleWrapper":
+    def from_config(cls, config: Mapping[str, Any]) -> ScheduleWrapper:
         config = dict(config)
         config["schedule"] = tf.keras.optimizers.schedules.deserialize(config["schedule"])
         return cls(**config)

@@ -15,7 +15,8 @@ import os
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
+from collections.abc import Iterable, Iterator
 
 import crc32c as _crc32c
 import numpy as np
@@ -83,7 +84,7 @@ class Entry:
         return DTYPE_NAMES.get(self.dtype, f"dtype {self.dtype}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse_shape(shape_proto: bytes) -> tuple[int, ...]:
     return tuple(
         next((v for n, _, v in pw.fields(dim) if n == 1), 0)
@@ -250,7 +251,7 @@ class CheckpointReader:
             shard.close()
         self._shards.clear()
 
-    def __enter__(self) -> "CheckpointReader":
+    def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

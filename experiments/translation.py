@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import yaml
 
@@ -35,7 +35,7 @@ _LOGGED_STEP = re.compile(r"\bStep = (\d+) ;")
 # Longer training examples are skipped; no translation is decoded longer (a model early in
 # training may repeat itself until the limit).
 MAX_LENGTH = 100
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ import pytest
 
 from conftest import ROOT, tool
 import toy_corpus
-from experiments import translation as experiment
+from experiments import runner, translation as experiment
 
 
 def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
-    for split, count, seed in (("train", 300, 0), ("dev", 30, 1), ("test", 30, 2)):
+    for split, count, seed in (("train", 300, 0), ("dev", 120, 1), ("test", 120, 2)):
         paths = toy_corpus.write_corpus(str(tmp_path / split), num_train=count, num_test=1, seed=seed)
         for side in ("src", "tgt"):
             os.replace(paths[f"train_{side}"], corpus_dir / f"{split}.{side}")
@@ -30,6 +30,7 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
             "--model", model_file, "--recipes", "noam_ema_avg",
             "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")]
     first = tool("experiment.py", *args, "--progress_every", "1")
+    assert "300 train, 100 dev, 100 test pairs; 1 recipe x 1 seed, 6 updates each" in first.stdout  # quick caps
     assert "training noam_ema-seed1" in first.stdout
     # Reported while it trains (its evaluation and exit take seconds after the last step).
     assert re.search(r"noam_ema-seed1: step [1-6] of 6", first.stdout), first.stdout
@@ -60,20 +61,20 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
 
 
 def test_a_running_command_reports_progress_and_a_failure_names_its_log(tmp_path):
-    runner = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print, progress_every=0.2)
+    work = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print, progress_every=0.2)
     script = ("import time\n"
               "print('INFO Step = 100 ; steps/s = 1.0', flush=True)\n"
               "print('INFO Step = 200 ; steps/s = 1.0', flush=True)\n"
               "time.sleep(1.5)\n")
     waits = []
-    runner._run([sys.executable, "-c", script], "progress.log", on_wait=waits.append)
+    work.execute([sys.executable, "-c", script], "progress.log", on_wait=waits.append)
     log_path = str(tmp_path / "logs" / "progress.log")
     assert len(waits) >= 2 and set(waits) == {log_path}
-    assert experiment.last_logged_step(log_path) == 200
+    assert runner.last_logged_step(log_path) == 200
     (tmp_path / "logs" / "empty.log").write_text("starting\n")
-    assert experiment.last_logged_step(str(tmp_path / "logs" / "empty.log")) is None
+    assert runner.last_logged_step(str(tmp_path / "logs" / "empty.log")) is None
     with pytest.raises(RuntimeError, match=f"failed; see {tmp_path}/logs/failing.log"):
-        runner._run([sys.executable, "-c", "raise SystemExit(3)"], "failing.log")
+        work.execute([sys.executable, "-c", "raise SystemExit(3)"], "failing.log")
 
 
 def _gone(pid: int, seconds: float = 10.0) -> bool:
@@ -104,14 +105,14 @@ def _onmt_main_naming(text: str) -> int | None:
 
 
 def test_stop_terminates_the_running_commands_and_starts_no_other(tmp_path):
-    runner = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print, progress_every=0.1)
+    work = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print, progress_every=0.1)
     pid_file = tmp_path / "pid"
     script = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
     errors = []
 
     def run() -> None:
         try:
-            runner._run([sys.executable, "-c", script], "long.log")
+            work.execute([sys.executable, "-c", script], "long.log")
         except RuntimeError as error:
             errors.append(error)
 
@@ -119,12 +120,12 @@ def test_stop_terminates_the_running_commands_and_starts_no_other(tmp_path):
     thread.start()
     while not pid_file.exists() or not pid_file.read_text():
         time.sleep(0.05)
-    runner.stop()
+    work.stop()
     thread.join(timeout=10)
     assert not thread.is_alive() and _gone(int(pid_file.read_text()))
     assert len(errors) == 1 and "failed; see" in str(errors[0])
     with pytest.raises(RuntimeError, match="stopped"):
-        runner._run([sys.executable, "-c", "open('started', 'w')"], "after.log")
+        work.execute([sys.executable, "-c", "open('started', 'w')"], "after.log")
     assert not (tmp_path / "logs" / "after.log").exists()
 
 
@@ -150,7 +151,7 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 130, output
-    assert "stopped; finished runs and translations are kept: run the same command again to resume" in output
+    assert "stopped; finished runs and scores are kept: run the same command again to resume" in output
     assert _gone(training)
     assert output.count(" training ") == 1, output  # the waiting run did not start
 
@@ -161,9 +162,9 @@ def test_the_committed_results_are_those_of_their_command(tmp_path, budget, publ
     saved = os.path.join(ROOT, "experiments", published, "results.json")
     shutil.copyfile(saved, tmp_path / "results.json")
     settings = experiment.Settings(**experiment.BUDGETS[budget])
-    runner = experiment.Experiment(str(tmp_path), settings)
+    work = experiment.Experiment(str(tmp_path), settings)
     recipes = [r.name for r in experiment.recipes(1e-3, 10, 8, 0.9, 3)]
-    assert sorted(runner.results["scores"]) == sorted(f"{r}-seed{s}" for r in recipes for s in settings.seeds)
+    assert sorted(work.results["scores"]) == sorted(f"{r}-seed{s}" for r in recipes for s in settings.seeds)
 
 
 def test_the_table_gives_mean_and_spread_over_seeds():
@@ -175,7 +176,7 @@ def test_the_table_gives_mean_and_spread_over_seeds():
                    "noam-seed2": {"recipe": "noam", "seed": 2, "bleu": 12.0, "chrf": 33.0},
                    "noam_avg-seed1": {"recipe": "noam_avg", "seed": 1, "bleu": 11.0, "chrf": 31.0}},
     }
-    table = experiment.markdown_table(experiment.summary(results, recipes)).splitlines()
+    table = experiment.table(results, recipes).splitlines()
     # sd of (10, 12) = sqrt(2) = 1.41; of (30, 33) = 2.12; dev loss (4.0 + 4.5) / 2 at step 100
     assert table[2:] == ["| Noam warmup + decay | 2 | 11.00 ± 1.41 | 31.5 ± 2.1 | 4.25 |",
                          "| Noam + average of the last 3 checkpoints | 1 | 11.00 | 31.0 | – |"]
@@ -183,7 +184,7 @@ def test_the_table_gives_mean_and_spread_over_seeds():
 
 def test_recipes_that_differ_after_training_share_its_run():
     recipes = experiment.recipes(peak=1e-3, warmup=10, model_dim=8, ema=0.9, average=3)
-    tasks = experiment.training_tasks((1, 2), recipes)
+    tasks = runner.training_tasks((1, 2), recipes)
     assert list(tasks) == [(seed, training) for seed in (1, 2)
                            for training in ("constant", "noam", "noam_ema", "warmup_linear")]
     assert [r.name for r in tasks[(2, "noam")]] == ["noam", "noam_avg"]

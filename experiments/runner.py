@@ -1,0 +1,522 @@
+"""The machinery shared by the experiments: training runs with ``onmt-main``, resumable.
+
+Every recipe of an experiment trains the same model on the same data for the same number
+of updates and seeds; recipes that differ only after training (which weights are taken,
+checkpoint averaging) share the training run. Each unit of work (a training run, a
+scoring) is skipped when its result is already in ``results.json``, and an interrupted
+training run resumes from its last checkpoint, so the command can be run again after an
+interruption. Training runs can go side by side (``jobs``), each with its share of the
+processor's cores. A task (translation, grapheme-to-phoneme) subclasses :class:`Experiment`
+with its data, its training configuration and its scoring.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import yaml
+
+from onmt_trainkit import averaging
+from onmt_trainkit.events import read_eval_metrics, read_learning_rates
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECIAL_TOKENS = ("<blank>", "<s>", "</s>")
+_LOGGED_STEP = re.compile(r"\bStep = (\d+) ;")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe and the weights taken out of its run.
+
+    Attributes:
+      name: The recipe's name in results and on the command line.
+      description: Its row label in the table.
+      training: The training run it uses (recipes with the same one share it).
+      params: ``params`` overrides of the training run.
+      train: ``train`` overrides of the training run.
+      average: 0 for the last checkpoint, else the number of last checkpoints averaged.
+      weights: ``None`` for the weights that the checkpoints hold as the model's (the moving
+        average when the run keeps one); ``"raw"`` for the training weights that the plugin
+        saves beside them (``tools/average_checkpoints.py --weights raw``).
+    """
+
+    name: str
+    description: str
+    training: str
+    params: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    average: int = 0
+    weights: str | None = None
+
+
+@dataclass
+class Settings:
+    """The settings every experiment has: budget, model, seeds and the sizes of its splits."""
+
+    max_step: int = 1000
+    seeds: tuple[int, ...] = (1, 2)
+    batch_size: int = 1024
+    model_file: str = os.path.join(ROOT, "configs", "models", "small_transformer.py")
+    model_dim: int = 128
+    peak: float = 2e-3
+    warmup: int = 100
+    ema: float = 0.995
+    average: int = 5
+    eval_every: int = 100
+    dev_size: int = 1000
+    test_size: int = 1000
+    max_train: int | None = None
+
+
+class Pending(Exception):
+    """A result that cannot be computed yet (e.g. a tool lacks an option); the command
+    computes it when run again."""
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 text file, without their line ends."""
+    with open(path, encoding="utf-8") as lines:
+        return [line.rstrip("\n") for line in lines]
+
+
+def write_lines(path: str, lines: list[str]) -> None:
+    """Writes ``lines`` to ``path`` (written aside, then renamed)."""
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as output:
+        output.write("".join(line + "\n" for line in lines))
+    os.replace(temporary, path)
+
+
+def recorded(settings: Settings) -> dict:
+    """The settings as ``results.json`` records them: a model file of this repository by its
+    path from the repository's root, so that results compare across clones."""
+    values = json.loads(json.dumps(asdict(settings)))
+    if os.path.commonpath([ROOT, os.path.abspath(settings.model_file)]) == ROOT:
+        values["model_file"] = os.path.relpath(settings.model_file, ROOT)
+    return values
+
+
+def _comparable(settings: dict) -> dict:
+    """The settings that change results (more or fewer seeds keep the finished ones)."""
+    return {key: value for key, value in settings.items() if key != "seeds"}
+
+
+def last_logged_step(log_path: str) -> int | None:
+    """The last training step that ``onmt-main`` reported in its log (``Step = N ;``), read
+    from the log's last 64 KB; ``None`` before the first report."""
+    with open(log_path, "rb") as log:
+        log.seek(max(0, os.path.getsize(log_path) - 65536))
+        steps = _LOGGED_STEP.findall(log.read().decode("utf-8", "replace"))
+    return int(steps[-1]) if steps else None
+
+
+def _still_running(process: subprocess.Popen, seconds: float) -> bool:
+    """Waits up to ``seconds`` for ``process``; whether it is still running."""
+    try:
+        process.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+
+
+def dev_losses(model_dir: str) -> dict[int, float]:
+    """``{step: dev loss}`` of the evaluations recorded in ``model_dir``."""
+    return {step: metrics["loss"] for step, metrics in read_eval_metrics(model_dir).items() if "loss" in metrics}
+
+
+def trained_up_to(model_dir: str) -> int:
+    """The step of the last checkpoint in ``model_dir`` (0 without one)."""
+    try:
+        return averaging.checkpoint_step(averaging.listed_checkpoints(model_dir)[-1])
+    except averaging.AveragingError:
+        return 0
+
+
+def training_tasks(seeds: tuple[int, ...], selected: list[Recipe]) -> dict[tuple[int, str], list[Recipe]]:
+    """Groups the recipes by training run: ``(seed, training) -> recipes that share it``."""
+    tasks: dict[tuple[int, str], list[Recipe]] = {}
+    for seed in seeds:
+        for recipe in selected:
+            tasks.setdefault((seed, recipe.training), []).append(recipe)
+    return tasks
+
+
+def training_config(experiment: Experiment, recipe: Recipe, seed: int, paths: dict[str, str], max_length: int,
+                    eval_batch_size: int, infer: dict, checkpoints: int = 10) -> dict:
+    """The ``onmt-main`` configuration of a recipe's training run: Adam (0.9, 0.998), label
+    smoothing 0.1, the loss averaged in time (OpenNMT-tf's Transformer settings) and the
+    recipe's overrides; ``checkpoints`` checkpoints, evenly spaced, all kept; examples longer
+    than ``max_length`` left out. The data files are ``paths``' ``train_src``, ``train_tgt``,
+    ``dev_src``, ``dev_tgt`` and ``vocab`` (on both sides)."""
+    settings = experiment.settings
+    # OpenNMT-tf's evaluation also decodes the dev set, which only the dev loss is wanted from
+    # here: one greedy step. Decoding for scores has its own parameters.
+    params = {"optimizer": "Adam", "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
+              "label_smoothing": 0.1, "average_loss_in_time": True, "beam_width": 1,
+              "maximum_decoding_length": 1, **copy.deepcopy(recipe.params)}
+    return {
+        "model_dir": os.path.join(experiment.work_dir, "runs", experiment.run_key(recipe, seed)),
+        "data": {
+            "train_features_file": paths["train_src"], "train_labels_file": paths["train_tgt"],
+            "eval_features_file": paths["dev_src"], "eval_labels_file": paths["dev_tgt"],
+            "source_vocabulary": paths["vocab"], "target_vocabulary": paths["vocab"],
+        },
+        "params": params,
+        "train": {"batch_type": "tokens", "batch_size": settings.batch_size, "max_step": settings.max_step,
+                  "save_checkpoints_steps": max(settings.max_step // checkpoints, 1),
+                  "keep_checkpoint_max": checkpoints, "save_summary_steps": max(settings.max_step // 30, 1),
+                  "maximum_features_length": max_length, "maximum_labels_length": max_length,
+                  "sample_buffer_size": -1, **recipe.train},
+        "eval": {"steps": settings.eval_every, "batch_size": eval_batch_size, "batch_type": "examples"},
+        "infer": infer,
+    }
+
+
+def decoding_config(work_dir: str, beam_width: int, max_length: int) -> str:
+    """Writes the decoding parameters of the scored outputs into ``work_dir/configs``, once
+    for all (decodings side by side read it); returns its path."""
+    path = os.path.join(work_dir, "configs", "decoding.yml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_lines(path, [yaml.safe_dump({"params": {"beam_width": beam_width, "maximum_decoding_length": max_length}})])
+    return path
+
+
+def average_tool_has_weights() -> bool:
+    """Whether ``tools/average_checkpoints.py`` takes ``--weights`` (raw or moving-average
+    weights out of one run's checkpoints)."""
+    shown = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "average_checkpoints.py"), "--help"],
+                           capture_output=True, text=True, check=False)
+    return "--weights" in shown.stdout
+
+
+class Experiment:
+    """Runs the recipes and records their results in ``<work_dir>/results.json``.
+
+    A work directory holds the results of one set of settings (seeds aside: more seeds
+    add to the results); other settings are refused, so that no result is lost or mixed.
+    Subclasses give :meth:`prepare_data`, :meth:`training_config` and :meth:`measure`, and may
+    add work on a finished training run in :meth:`after_training`.
+
+    Args:
+      work_dir: Where data, runs, logs and ``results.json`` go.
+      settings: The budget and model.
+      log: Called with each progress message.
+      jobs: Training runs to go side by side; each ``onmt-main`` then gets its share of
+        the cores (one run at a time leaves TensorFlow's default).
+      progress_every: Seconds between two progress messages of a training run (its last
+        logged step and dev loss).
+    """
+
+    def __init__(self, work_dir: str, settings: Settings, log: Callable[[str], None] = print, jobs: int = 1,
+                 progress_every: float = 300.0):
+        self.work_dir = os.path.abspath(work_dir)
+        self.settings = settings
+        self.log = log
+        self.jobs = jobs
+        self.progress_every = progress_every
+        self._reported: dict[str, str] = {}
+        self._workers = 1
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopping = False
+        self.results_path = os.path.join(self.work_dir, "results.json")
+        current = recorded(settings)
+        self.results: dict = {"settings": current, "runs": {}, "scores": {}}
+        if os.path.exists(self.results_path):
+            with open(self.results_path, encoding="utf-8") as saved:
+                previous = json.load(saved)
+            before = _comparable(previous.get("settings", {}))
+            changed = sorted(k for k, v in _comparable(current).items() if before.get(k) != v)
+            if changed:
+                raise ValueError(
+                    f"{self.results_path} holds results of other settings ({', '.join(changed)} differ); "
+                    "give another --work_dir, or remove it to start again"
+                )
+            self.results = {**self.results, **previous}
+            self.results["settings"] = current
+        self.onmt_main = os.path.join(os.path.dirname(sys.executable), "onmt-main")
+
+    def prepare_data(self, splits: dict[str, list]) -> dict[str, str]:
+        """Writes the data files into the work directory; returns their paths by name."""
+        raise NotImplementedError
+
+    def training_config(self, recipe: Recipe, seed: int, paths: dict[str, str]) -> dict:
+        """The ``onmt-main`` configuration of a recipe's training run."""
+        raise NotImplementedError
+
+    def measure(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str], name: str) -> dict:
+        """Decodes the scored split with the model in ``model_dir``; returns its scores by
+        metric (``name`` names its files)."""
+        raise NotImplementedError
+
+    def score(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
+        """Scores the weights that a recipe takes out of its run (:meth:`weights_dir`) and
+        records them in ``scores``; skipped when recorded."""
+        key = f"{recipe.name}-seed{seed}"
+        if key in self.results["scores"]:
+            return
+        scores = self.measure(recipe, seed, self.weights_dir(recipe, seed, model_dir), paths, key)
+        self.record("scores", key, {"recipe": recipe.name, "seed": seed, **scores})
+
+    def after_training(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
+        """Work on a finished training run before its recipes are scored (none by default)."""
+
+    def run_key(self, recipe: Recipe, seed: int) -> str:
+        """The name of a recipe's training run in ``results["runs"]`` and on disk."""
+        return f"{recipe.training}-seed{seed}"
+
+    def record(self, kind: str, key: str, value: dict) -> None:
+        """Adds a result and saves ``results.json`` (written aside, then renamed)."""
+        with self._lock:
+            self.results.setdefault(kind, {})[key] = value
+            write_lines(self.results_path, [json.dumps(self.results, indent=1, sort_keys=True)])
+
+    def threads(self) -> list[str]:
+        """``onmt-main`` options that give a run its share of the cores."""
+        if self._workers == 1:
+            return []
+        threads = str(max(1, (os.cpu_count() or 1) // self._workers))
+        return ["--intra_op_parallelism_threads", threads, "--inter_op_parallelism_threads", threads]
+
+    def execute(self, command: list[str], log_name: str, on_wait: Callable[[str], None] | None = None) -> None:
+        """Runs ``command`` with its output appended to ``logs/<log_name>``; calls ``on_wait``
+        with the log's path every ``progress_every`` seconds while it runs."""
+        log_path = os.path.join(self.work_dir, "logs", log_name)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("stopped")
+            with open(log_path, "a", encoding="utf-8") as log:
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self._running.add(process)
+        try:
+            while _still_running(process, self.progress_every):
+                if on_wait is not None:
+                    on_wait(log_path)
+        finally:
+            if process.poll() is None:  # on_wait failed: no run is left behind
+                process.terminate()
+                process.wait()
+            with self._lock:
+                self._running.discard(process)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
+
+    def _report_training(self, key: str, model_dir: str, log_path: str) -> None:
+        """Logs a training run's last step and dev loss, when they changed since last time."""
+        step = last_logged_step(log_path)
+        if step is None:
+            return
+        message = f"{key}: step {step} of {self.settings.max_step}"
+        losses = dev_losses(model_dir)
+        if losses:
+            message += f", dev loss {losses[max(losses)]:.2f} at step {max(losses)}"
+        if self._reported.get(key) != message:
+            self._reported[key] = message
+            self.log(message)
+
+    def config_path(self, recipe: Recipe, seed: int) -> str:
+        """Where a recipe's training configuration is written."""
+        return os.path.join(self.work_dir, "configs", f"{self.run_key(recipe, seed)}.yml")
+
+    def train(self, recipe: Recipe, seed: int, paths: dict[str, str]) -> str:
+        """Trains a recipe's run (or resumes it); returns its model directory."""
+        key = self.run_key(recipe, seed)
+        config = self.training_config(recipe, seed, paths)
+        if key in self.results["runs"]:
+            return config["model_dir"]
+        config_path = self.config_path(recipe, seed)
+        os.makedirs(os.path.dirname(config_path), exist_ok=True)
+        write_lines(config_path, [yaml.safe_dump(config, sort_keys=False)])
+        start = time.time()
+        if trained_up_to(config["model_dir"]) < self.settings.max_step:
+            self.log(f"training {key} ({self.settings.max_step} updates)")
+            self.execute([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
+                          "--seed", str(seed), *self.threads(), "train", "--with_eval"], f"{key}.train.log",
+                         on_wait=lambda log_path: self._report_training(key, config["model_dir"], log_path))
+        losses = dev_losses(config["model_dir"])
+        rates = read_learning_rates(config["model_dir"])
+        self.record("runs", key, {
+            "seconds": round(time.time() - start),
+            "config": os.path.relpath(config_path, self.work_dir),
+            "dev_loss": {str(step): loss for step, loss in sorted(losses.items())},
+            "learning_rate": {str(step): rate for step, rate in sorted(rates.items())},
+        })
+        return config["model_dir"]
+
+    def weights_dir(self, recipe: Recipe, seed: int, model_dir: str) -> str:
+        """The model directory of the weights a recipe takes out of its run: the run's own
+        (its last checkpoint), or a new one that ``tools/average_checkpoints.py`` writes.
+
+        Raises:
+          Pending: for raw weights, while ``tools/average_checkpoints.py`` lacks ``--weights``.
+        """
+        if not recipe.average and recipe.weights is None:
+            return model_dir
+        output = os.path.join(self.work_dir, "averaged", f"{recipe.name}-seed{seed}")
+        if recipe.weights is None:
+            averaging.average_checkpoints(model_dir, output, averaging.Selection(max_count=recipe.average),
+                                          overwrite=True)
+            return output
+        if not average_tool_has_weights():
+            raise Pending(f"{recipe.name}-seed{seed} waits for tools/average_checkpoints.py --weights "
+                          f"{recipe.weights}; its run's checkpoints are kept: run the same command again then")
+        self.execute([sys.executable, os.path.join(ROOT, "tools", "average_checkpoints.py"), "--model_dir",
+                      model_dir, "--output_dir", output, "--weights", recipe.weights, "--max_count",
+                      str(max(recipe.average, 1)), "--force"], f"{recipe.name}-seed{seed}.average.log")
+        return output
+
+    def run(self, splits: dict[str, list], selected: list[Recipe],
+            on_task_done: Callable[[dict], None] | None = None) -> list[str]:
+        """Prepares the data, then trains and scores every recipe for every seed.
+
+        Each training run and the recipes that share it form one task; tasks go ``jobs``
+        at a time, and ``on_task_done`` is called with the results after each. A task that
+        fails does not stop the others; the first failure is raised when all are done.
+
+        Returns:
+          Why some scores are still missing (:class:`Pending`), one line each.
+        """
+        os.makedirs(self.work_dir, exist_ok=True)
+        paths = self.prepare_data(splits)
+        tasks = training_tasks(self.settings.seeds, selected)
+        done = 0
+        pending: list[str] = []
+
+        def run_task(seed: int, sharing: list[Recipe]) -> None:
+            nonlocal done
+            model_dir = self.train(sharing[0], seed, paths)
+            self.after_training(sharing[0], seed, model_dir, paths)
+            for recipe in sharing:
+                try:
+                    self.score(recipe, seed, model_dir, paths)
+                except Pending as waiting:
+                    with self._lock:
+                        pending.append(str(waiting))
+            with self._lock:
+                done += 1
+                self.log(f"[{done}/{len(tasks)}] done: {', '.join(r.name for r in sharing)}, seed {seed}")
+                if on_task_done is not None:
+                    on_task_done(self.results)
+
+        self._workers = min(self.jobs, len(tasks))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
+            futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
+            try:
+                concurrent.futures.wait(futures)
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM): no onmt-main is left running
+                pool.shutdown(wait=False, cancel_futures=True)  # first, so that no waiting task starts
+                self.stop()
+                raise
+        errors = [future.exception() for future in futures if future.exception() is not None]
+        for error in errors:
+            self.log(f"failed: {error}")
+        if errors:
+            raise errors[0]
+        return pending
+
+    def stop(self) -> None:
+        """Terminates the running ``onmt-main`` processes and starts no other; what they
+        finished is kept (a training run resumes from its last checkpoint)."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running)
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait()
+
+
+def summary(results: dict, selected: list[Recipe], metrics: tuple[str, ...]) -> list[dict]:
+    """Returns one row per recipe: each metric's mean and standard deviation over seeds, and
+    the mean dev loss at the last evaluation (``None`` for weights other than those the run
+    evaluated: averages and raw weights of a run with a moving average)."""
+    rows = []
+    for recipe in selected:
+        scores = [s for s in results["scores"].values() if s["recipe"] == recipe.name]
+        if not scores:
+            continue
+        row = {"recipe": recipe.name, "description": recipe.description, "seeds": len(scores)}
+        for metric in metrics:
+            values = [s[metric] for s in scores]
+            row[metric] = statistics.mean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        losses = [results["runs"][f"{recipe.training}-seed{s['seed']}"]["dev_loss"] for s in scores]
+        last = [loss[max(loss, key=int)] for loss in losses if loss]
+        evaluated = not recipe.average and recipe.weights is None
+        row["dev_loss"] = statistics.mean(last) if last and evaluated else None
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, int]]) -> str:
+    """Formats :func:`summary` rows as a Markdown table; ``columns`` are (header, metric,
+    decimals), shown as mean ± sd over two seeds or more."""
+    headers = ["recipe", "seeds", *(f"{header} (mean ± sd)" for header, _, _ in columns), "last dev loss (mean)"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = []
+        for _, metric, decimals in columns:
+            cell = f"{row[metric]:.{decimals}f}"
+            cells.append(cell + (f" ± {row[f'{metric}_std']:.{decimals}f}" if row["seeds"] > 1 else ""))
+        loss = "–" if row["dev_loss"] is None else f"{row['dev_loss']:.2f}"
+        lines.append(f"| {row['description']} | {row['seeds']} | {' | '.join(cells)} | {loss} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, table: str, results_dir: str, draw: Callable[[str], None]) -> None:
+    """Writes ``results.json``, ``results.md`` (``table``) and ``curves.png`` (drawn by
+    ``draw(path)``) into ``results_dir``, each written aside then renamed."""
+    os.makedirs(results_dir, exist_ok=True)
+    write_lines(os.path.join(results_dir, "results.json"), [json.dumps(results, indent=1, sort_keys=True)])
+    write_lines(os.path.join(results_dir, "results.md"), table.splitlines())
+    picture = os.path.join(results_dir, "curves.png")
+    draw(picture + ".tmp.png")
+    os.replace(picture + ".tmp.png", picture)
+
+
+def plot(results: dict, selected: list[Recipe], path: str, panels: list[tuple[str, str, str]]) -> None:
+    """Draws, per training recipe and side by side, each run record's series named in
+    ``panels`` (key, y label, title) against steps; the learning rate once per recipe,
+    other series once per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
+    for training in dict.fromkeys(recipe.training for recipe in selected):
+        runs = [v for k, v in results["runs"].items() if k.startswith(f"{training}-seed")]
+        color = None
+        for (key, _, _), panel in zip(panels, axes):
+            style = {} if key == "learning_rate" else {"marker": "o", "markersize": 3}
+            drawn = [run for run in (runs[:1] if key == "learning_rate" else runs) if run.get(key)]
+            for index, run in enumerate(drawn):
+                (line,) = panel.plot(*_series(run[key]), color=color, alpha=0.8,
+                                     label=None if index else training, **style)
+                color = line.get_color()
+    for (_, ylabel, title), panel in zip(panels, axes):
+        panel.set(xlabel="training step", ylabel=ylabel, title=title, ylim=(0, None))
+        panel.grid(alpha=0.3)
+        if panel.lines:
+            panel.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _series(values: dict[str, float]) -> tuple[list[int], list[float]]:
+    """``{"step": value}`` as steps and values in step order."""
+    steps = sorted(int(step) for step in values)
+    return steps, [values[str(step)] for step in steps]

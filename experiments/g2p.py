@@ -45,14 +45,14 @@ class Settings(runner.Settings):
         without a moving average (the peak search), instead of the four schedules.
     """
 
-    max_step: int = 12000
+    max_step: int = 8000
     seeds: tuple[int, ...] = (1, 2, 3)
     batch_size: int = 1024
     peak: float = 2e-3
-    warmup: int = 600
+    warmup: int = 400
     ema: float = 0.999
     average: int = 5
-    eval_every: int = 600
+    eval_every: int = 400
     dev_size: int = 2000
     test_size: int = 5000
     checkpoints: int = 20
@@ -67,7 +67,7 @@ BUDGETS: dict[str, dict] = {
     "full": {},
     "quick": dict(max_step=150, seeds=(1,), max_train=3000, dev_size=100, test_size=100, warmup=30,
                   ema=0.99, eval_every=75, checkpoints=6, average=3),
-    "peak": dict(max_step=4000, seeds=(1,), warmup=200, eval_every=400, checkpoints=10, curve_every=2,
+    "peak": dict(max_step=2400, seeds=(1,), warmup=200, eval_every=400, checkpoints=6, curve_every=2,
                  scored="dev", peaks=(1e-3, 2e-3, 4e-3)),
 }
 

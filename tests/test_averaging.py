@@ -253,19 +253,6 @@ def test_cli_shows_progress_on_a_terminal(run, tmp_path):
     assert f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {output}/ckpt-500" in screen
 
 
-def test_cli_refuses_an_existing_output_unless_forced(run, tmp_path):
-    model_dir, _ = run
-    output = tmp_path / "avg"
-    output.mkdir()
-    (output / "precious.txt").write_text("keep me")
-    refuse(["--model_dir", model_dir, "--output_dir", str(output)],
-           f"output directory {output} exists and is not empty (use --force to replace it)",
-           [model_dir, str(tmp_path)])
-    tool("average_checkpoints.py", "--model_dir", model_dir, "--output_dir", str(output), "--force")
-    assert "precious.txt" not in os.listdir(output) and "ckpt-500.index" in os.listdir(output)
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # nothing left aside
-
-
 @pytest.mark.parametrize(
     "args,message",
     [

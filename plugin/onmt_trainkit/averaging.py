@@ -1,14 +1,18 @@
 r"""Checkpoint selection and streaming averaging, from the checkpoint files alone.
 
-No model definition, configuration or TensorFlow is needed. For each model weight
-(a floating-point tensor under ``model/`` that is not an optimizer slot):
+No model definition or configuration is needed, nor TensorFlow for local paths (remote ones,
+``gs://``..., are read and written through ``tf.io.gfile``: see :mod:`onmt_trainkit.storage`).
+For each model weight (a floating-point tensor under ``<model_key>/``, ``model/`` by default,
+that is not an optimizer slot):
 
-.. math:: \bar{w} = \operatorname{cast}_{\text{dtype}(w)}\Big(\frac{1}{N}\sum_{i=1}^{N} w_i\Big)
+.. math:: \bar{w} = \operatorname{round}_{\text{dtype}(w)}\Big(\frac{1}{N}\sum_{i=1}^{N} w_i\Big)
 
-with the sum in float64, piece by piece, so memory does not grow with N. Every
-other tensor (step counter, integer tensors, optimizer slots, the moving-average state of
-:mod:`onmt_trainkit.moving_average`) comes from the newest checkpoint, so training can
-continue from the output; ``drop_optimizer`` leaves out the training state instead.
+with the sum and the division in float64, piece by piece, so memory does not grow with N, then
+one rounding to nearest (ties to even) to the weight's own dtype. Every other tensor (step
+counter, integer tensors, optimizer slots, the moving-average state of
+:mod:`onmt_trainkit.moving_average`) comes from the newest checkpoint, so training can continue
+from the output; ``drop_optimizer`` leaves out the training state instead. How the result
+reaches its output directory, and what happens to what is already there: :mod:`onmt_trainkit.output`.
 """
 
 from __future__ import annotations
@@ -16,18 +20,19 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from onmt_trainkit import checkpoint_state, output, storage
 from onmt_trainkit import protowire as pw
 from onmt_trainkit.events import read_eval_metrics
+from onmt_trainkit.output import MODEL_DESCRIPTION, OutputError
 from onmt_trainkit.tensor_bundle import (
     DT_BFLOAT16,
+    DT_STRING,
     FLOAT_DTYPES,
     NUMPY_DTYPES,
     CheckpointError,
@@ -36,10 +41,9 @@ from onmt_trainkit.tensor_bundle import (
     bfloat16_to_float32,
     decode_string_scalar,
     encode_string_scalar,
-    float32_to_bfloat16,
+    float64_to_bfloat16,
 )
 
-MODEL_DESCRIPTION = "model_description.py"
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 LOWER_IS_BETTER = frozenset({"loss", "perplexity", "ter", "wer", "cer"})
 """Metrics for which a lower value is better; higher is better for all others."""
@@ -48,6 +52,9 @@ _TRAINING_STATE = re.compile(r"^optimizer/|/\.OPTIMIZER_SLOT/|^moving_average/")
 
 Progress = Callable[[int, int, int], None]
 """Called with (bytes read, bytes to read, number of checkpoints averaged)."""
+
+Log = Callable[[str], None]
+"""Called with a sentence saying what was done beside the average (a staging directory removed)."""
 
 
 class AveragingError(ValueError):
@@ -95,25 +102,29 @@ def checkpoint_step(prefix: str) -> int:
     return int(match.group(1))
 
 
-def _unquote(text: str) -> str:
-    return text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode("utf-8")
-
-
 def listed_checkpoints(model_dir: str) -> list[str]:
-    """Returns the checkpoint prefixes listed in ``model_dir/checkpoint``, oldest first."""
-    if not os.path.isdir(model_dir):
+    """Returns the checkpoint prefixes listed in ``model_dir/checkpoint``, in its order, each once.
+
+    Raises:
+      AveragingError: if the directory or its ``checkpoint`` file is missing or invalid.
+    """
+    if not storage.isdir(model_dir):
         raise AveragingError(f"model directory {model_dir} does not exist")
-    state_path = os.path.join(model_dir, "checkpoint")
-    if not os.path.isfile(state_path):
+    state_path = storage.join(model_dir, output.STATE_FILE)
+    if not storage.isfile(state_path):
         raise AveragingError(f"model directory {model_dir} has no checkpoint (no {state_path})")
-    with open(state_path, encoding="utf-8") as state:
-        text = state.read()
-    paths = [_unquote(p) for p in re.findall(r'^all_model_checkpoint_paths:\s*"(.*)"\s*$', text, re.M)]
-    if not paths:
-        paths = [_unquote(p) for p in re.findall(r'^model_checkpoint_path:\s*"(.*)"\s*$', text, re.M)]
-    if not paths:
-        raise AveragingError(f"model directory {model_dir} lists no checkpoint in {state_path}")
-    return [p if os.path.isabs(p) else os.path.join(model_dir, p) for p in paths]
+    try:
+        state = checkpoint_state.parse(storage.read(state_path))
+    except checkpoint_state.StateError as error:
+        raise AveragingError(f"{state_path} is not a valid checkpoint file: {error}") from None
+    paths = state.all_model_checkpoint_paths or [state.model_checkpoint_path]
+    listed: list[str] = []
+    for path in paths:
+        if not (os.path.isabs(path) or storage.is_remote(path)):
+            path = storage.join(model_dir, path)
+        if path not in listed:
+            listed.append(path)
+    return listed
 
 
 def _check_selection(selection: Selection) -> None:
@@ -171,7 +182,7 @@ def select_checkpoints(model_dir: str | None, selection: Selection) -> list[str]
     if selection.checkpoints is not None:
         candidates = list(selection.checkpoints)
         for prefix in candidates:
-            if not os.path.isfile(prefix + ".index"):
+            if not storage.isfile(prefix + ".index"):
                 raise AveragingError(f"checkpoint {prefix} not found (no {prefix}.index)")
     else:
         if model_dir is None:
@@ -194,18 +205,39 @@ def select_checkpoints(model_dir: str | None, selection: Selection) -> list[str]
     return candidates[-selection.max_count:]
 
 
-def is_averaged(name: str, dtype: int) -> bool:
+def is_averaged(name: str, dtype: int, model_key: str = "model") -> bool:
     """Returns ``True`` for the tensors that are averaged: the model's float weights."""
     return (
-        name.startswith("model/")
+        name.startswith(model_key + "/")
         and "/.OPTIMIZER_SLOT/" not in name
         and dtype in FLOAT_DTYPES
     )
 
 
-def _check_agreement(readers: list[CheckpointReader]) -> list[str]:
+def check_model_key(model_key: object) -> str:
+    """Returns ``model_key`` if it can name a checkpoint's root object.
+
+    Raises:
+      AveragingError: otherwise.
+    """
+    if not isinstance(model_key, str) or not model_key or "/" in model_key:
+        raise AveragingError(f"--model_key must be a non-empty name without '/', got {model_key!r}")
+    return model_key
+
+
+def _check_agreement(readers: list[CheckpointReader], model_key: str) -> list[str]:
     newest = readers[-1]
-    names = sorted(n for n, e in newest.entries.items() if is_averaged(n, e.dtype))
+    names = sorted(n for n, e in newest.entries.items() if is_averaged(n, e.dtype, model_key))
+    if not names:
+        hint = (
+            " (a TensorFlow 1 checkpoint, whose tensors are named by variable?)"
+            if OBJECT_GRAPH not in newest.entries
+            else f" (does the checkpoint save the model under another name than {model_key!r}?)"
+        )
+        raise AveragingError(
+            f"nothing to average: checkpoint {newest.prefix} has no floating-point tensor under "
+            f"'{model_key}/'{hint}"
+        )
     for reader in readers[:-1]:
         for name in names:
             expected = newest.entries[name]
@@ -219,7 +251,9 @@ def _check_agreement(readers: list[CheckpointReader]) -> list[str]:
                     f"checkpoints disagree: {name} is {expected.dtype_name} {list(expected.shape)} "
                     f"in {newest.prefix} but {entry.dtype_name} {list(entry.shape)} in {reader.prefix}"
                 )
-        extra = sorted(n for n, e in reader.entries.items() if is_averaged(n, e.dtype) and n not in newest.entries)
+        extra = sorted(
+            n for n, e in reader.entries.items() if is_averaged(n, e.dtype, model_key) and n not in newest.entries
+        )
         if extra:
             raise AveragingError(
                 f"checkpoints disagree: {extra[0]} is in {reader.prefix} but not in {newest.prefix}"
@@ -227,8 +261,15 @@ def _check_agreement(readers: list[CheckpointReader]) -> list[str]:
     return names
 
 
-def _drop_training_state(object_graph: bytes) -> bytes:
+def _drop_training_state(object_graph: bytes, prefix: str) -> bytes:
     """Removes optimizer and moving-average attributes and slot links from an object graph."""
+    try:
+        return _drop_training_state_fields(object_graph)
+    except (pw.DecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {prefix} is corrupt: {OBJECT_GRAPH} does not parse") from None
+
+
+def _drop_training_state_fields(object_graph: bytes) -> bytes:
     nodes = []
     for number, wire_type, node in pw.fields(object_graph):
         if number == 1:
@@ -246,42 +287,19 @@ def _drop_training_state(object_graph: bytes) -> bytes:
     return pw.encode(nodes)
 
 
-def _check_output(output_dir: str, inputs: list[str], model_dir: str | None, overwrite: bool) -> None:
-    output = os.path.realpath(output_dir)
-    sources = [os.path.realpath(os.path.dirname(p) or ".") for p in inputs]
+def _check_output(output_dir: str, inputs: list[str], model_dir: str | None) -> None:
+    target = storage.normalize(output_dir)
+    separator = "/" if storage.is_remote(target) else os.sep
+    sources = [storage.normalize(storage.split(p)[0]) for p in inputs]
     if model_dir is not None:
-        sources.append(os.path.realpath(model_dir))
+        sources.append(storage.normalize(model_dir))
     for source in sources:
-        if output == source:
+        if target == source:
             raise AveragingError(f"output directory {output_dir} is the model directory; choose another")
-        if source.startswith(output.rstrip(os.sep) + os.sep):
+        if source.startswith(target.rstrip(separator) + separator):
             raise AveragingError(
                 f"output directory {output_dir} contains the checkpoints to average; choose another"
             )
-    if os.path.lexists(output_dir):
-        if not os.path.isdir(output_dir):
-            raise AveragingError(f"output {output_dir} exists and is not a directory")
-        if os.listdir(output_dir) and not overwrite:
-            raise AveragingError(
-                f"output directory {output_dir} exists and is not empty (use --force to replace it)"
-            )
-
-
-def _write_state(directory: str, name: str) -> None:
-    with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as state:
-        state.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
-
-
-def _replace_directory(source: str, destination: str) -> None:
-    """Moves ``source`` to ``destination``, replacing it; the old one is removed last."""
-    if not os.path.lexists(destination):
-        os.rename(source, destination)
-        return
-    trash = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(destination)))
-    old = os.path.join(trash, "old")
-    os.rename(destination, old)
-    os.rename(source, destination)
-    shutil.rmtree(trash)
 
 
 def _as_float(piece: memoryview, dtype: int) -> np.ndarray:
@@ -383,7 +401,7 @@ class _Averager:
             on_piece(mean.size * dtype.itemsize * self.count)
             if entry.dtype == DT_BFLOAT16:
                 mean /= self.count
-                yield float32_to_bfloat16(mean).data
+                yield float64_to_bfloat16(mean).data
             else:
                 # Divided in float64, then rounded once to the stored dtype.
                 output = self.output[: mean.size * dtype.itemsize].view(dtype)
@@ -410,6 +428,7 @@ def _average_into(
     # Every output tensor gets its place first; then a thread copies the tensors that come
     # from the newest checkpoint while this one writes the averages.
     averaged_set = set(averaged)
+    placed: list[str] = []
     copies: list[tuple[str, list[bytes] | None, int]] = []
     for name in sorted(newest.entries):
         entry = newest.entries[name]
@@ -418,12 +437,20 @@ def _average_into(
         elif drop_optimizer and _TRAINING_STATE.search(name):
             continue
         elif drop_optimizer and name == OBJECT_GRAPH:
-            data, crc = encode_string_scalar(_drop_training_state(decode_string_scalar(newest.raw(name))))
+            if entry.dtype != DT_STRING or entry.shape != ():
+                raise CheckpointError(f"checkpoint {newest.prefix} is corrupt: {OBJECT_GRAPH} is not a string")
+            graph = _drop_training_state(decode_string_scalar(newest.raw(name)), newest.prefix)
+            data, crc = encode_string_scalar(graph)
             writer.place(entry, len(data))
             copies.append((name, [data], crc))
         else:
             writer.place(entry, entry.size)
             copies.append((name, None, entry.crc))
+        placed.append(name)
+    if writer.in_order:
+        _write_in_order(writer, newest, readers, averaged, placed, copies, on_piece)
+        writer.finish()
+        return done
     copier = _Copier(newest, writer, copies)
     copier.start()
     try:
@@ -439,6 +466,27 @@ def _average_into(
     copier.check()
     writer.finish()
     return done
+
+
+def _write_in_order(
+    writer: CheckpointWriter,
+    newest: CheckpointReader,
+    readers: list[CheckpointReader],
+    averaged: list[str],
+    placed: list[str],
+    copies: list[tuple[str, list[bytes] | None, int]],
+    on_piece: Callable[[int], None],
+) -> None:
+    """Writes every placed tensor in place order from this thread (a remote file is appended to)."""
+    copied = {name: (data, crc) for name, data, crc in copies}
+    buffer = bytearray(_Averager.PIECE_BYTES)
+    with _Averager(readers, averaged) as averager:
+        for name in placed:
+            if name in copied:
+                data, crc = copied[name]
+                writer.write(name, newest.pieces(name, buffer) if data is None else data, crc)
+            else:
+                writer.write(name, averager.mean(name, on_piece))
 
 
 class _Copier(threading.Thread):
@@ -481,51 +529,66 @@ def average_checkpoints(
     overwrite: bool = False,
     drop_optimizer: bool = False,
     progress: Progress | None = None,
+    model_key: str = "model",
+    log: Log | None = None,
 ) -> Result:
-    """Averages checkpoints into a new model directory, written aside then renamed.
+    """Averages checkpoints into a model directory, written aside then moved in.
 
     Args:
       model_dir: The model directory (its ``checkpoint`` file lists the checkpoints, its
         ``model_description.py`` is copied). May be ``None`` with explicit checkpoints.
-      output_dir: The directory to create.
+      output_dir: The output directory. A path with a scheme (``gs://``...) goes through
+        ``tf.io.gfile``, as do the inputs'.
       selection: Which checkpoints to average.
-      overwrite: Replace ``output_dir`` if it exists and is not empty.
+      overwrite: Also write into an existing, non-empty ``output_dir``: the average is added to
+        it as :mod:`onmt_trainkit.output` says, never losing a file that is not an average's.
       drop_optimizer: Leave out the optimizer and moving-average state.
       progress: Called with (bytes read, bytes to read, number of checkpoints) as reading
         goes; every checkpoint is read at the same pace, a piece of each at a time.
+      model_key: The name under which the checkpoints hold the model (``model`` for OpenNMT-tf):
+        the floating-point tensors under ``<model_key>/`` are averaged.
+      log: Called with a sentence for each dead run's staging directory removed.
 
     Returns:
       A :class:`Result`.
 
     Raises:
-      AveragingError: for a request it refuses (nothing is written).
+      AveragingError: for a request it refuses (nothing is written), such as checkpoints
+        that hold nothing to average under ``model_key``.
+      OutputError: for an output directory it refuses (nothing is written).
       CheckpointError: for a missing, truncated or corrupt checkpoint (nothing is written).
     """
+    check_model_key(model_key)
     checkpoints = select_checkpoints(model_dir, selection)
-    _check_output(output_dir, checkpoints, model_dir, overwrite)
+    _check_output(output_dir, checkpoints, model_dir)
     readers = [CheckpointReader(prefix) for prefix in checkpoints]
     try:
-        averaged = _check_agreement(readers)
+        averaged = _check_agreement(readers, model_key)
         newest = readers[-1]
         step = checkpoint_step(newest.prefix)
         name = f"ckpt-{step}"
-        parent = os.path.dirname(os.path.abspath(output_dir))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", dir=parent)
+        source_dir = model_dir if model_dir is not None else storage.split(checkpoints[-1])[0]
+        description_path = storage.join(source_dir, MODEL_DESCRIPTION)
+        description = storage.read(description_path) if storage.isfile(description_path) else None
+        output.plan(output_dir, name, description, overwrite)
+        for sentence in output.remove_dead_staging(output_dir):
+            if log is not None:
+                log(sentence)
+        staging = output.make_staging(output_dir)
         try:
-            writer = CheckpointWriter(os.path.join(staging, name), newest.header)
+            writer = CheckpointWriter(storage.join(staging, name), newest.header)
             try:
                 bytes_read = _average_into(writer, readers, averaged, drop_optimizer, progress)
             finally:
                 writer.close()
-            _write_state(staging, name)
-            source_dir = model_dir if model_dir is not None else os.path.dirname(checkpoints[-1])
-            description = os.path.join(source_dir, MODEL_DESCRIPTION)
-            if os.path.isfile(description):
-                shutil.copyfile(description, os.path.join(staging, MODEL_DESCRIPTION))
-            _replace_directory(staging, output_dir)
+            if description is not None:
+                storage.write(storage.join(staging, MODEL_DESCRIPTION), description)
+            target = output.plan(output_dir, name, description, overwrite)  # as it is now
+            output.write_state(staging, name, target.listed)
+            output.publish(staging, target)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            if storage.exists(staging):
+                storage.rmtree(staging)
             raise
     finally:
         for reader in readers:
@@ -533,7 +596,7 @@ def average_checkpoints(
     return Result(
         checkpoints=checkpoints,
         output_dir=output_dir,
-        checkpoint_prefix=os.path.join(output_dir, name),
+        checkpoint_prefix=storage.join(output_dir, name),
         step=step,
         num_averaged=len(averaged),
         bytes_read=bytes_read,
@@ -543,6 +606,7 @@ def average_checkpoints(
 __all__ = [
     "AveragingError",
     "CheckpointError",
+    "OutputError",
     "Result",
     "Selection",
     "average_checkpoints",

@@ -31,6 +31,15 @@ def _quiet_tensorflow() -> None:
     warnings.filterwarnings("ignore")
 
 
+def _one_line(error: BaseException) -> str:
+    """Returns the message of ``error`` on one line (an OSError's with its path)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        message = f"{error.filename}: {error.strerror}"
+    else:
+        message = str(error)
+    return " ".join(message.split())
+
+
 def _human(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":
@@ -41,7 +50,7 @@ def _human(size: float) -> str:
 
 def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
     """``onmt-trainkit-average`` / ``tools/average_checkpoints.py``."""
-    from onmt_trainkit import averaging
+    from onmt_trainkit import averaging, storage
 
     parser = _Parser(
         prog="average_checkpoints",
@@ -60,11 +69,18 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", help="Evaluation metric recorded during training (loss, bleu...).")
     parser.add_argument("--drop_optimizer", action="store_true",
                         help="Leave out the optimizer and moving-average state (inference only).")
+    parser.add_argument("--model_key", default="model",
+                        help="Name under which the checkpoints hold the model (default: model).")
     parser.add_argument("--force", action="store_true",
-                        help="Replace the output directory if it exists and is not empty.")
+                        help="Add the average to an existing, non-empty output directory, as onmt-main "
+                             "average_checkpoints does; a checkpoint of the same step or model_description.py "
+                             "there is replaced only if the directory holds nothing but averages.")
     args = parser.parse_args(argv)
     if args.model_dir is None and args.checkpoints is None:
         parser.error("give --model_dir or --checkpoints")
+    paths = [args.model_dir, args.output_dir, *(args.checkpoints or [])]
+    if any(storage.is_remote(path) for path in paths if path is not None):
+        _quiet_tensorflow()  # TensorFlow reads and writes them
 
     def show_progress(done: int, total: int, count: int) -> None:
         sys.stderr.write(f"\r{count} checkpoints: read {_human(done)} of {_human(total)} "
@@ -88,9 +104,11 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.force,
             drop_optimizer=args.drop_optimizer,
             progress=show_progress if sys.stderr.isatty() else None,
+            model_key=args.model_key,
+            log=print,
         )
-    except (averaging.AveragingError, averaging.CheckpointError, OSError) as error:
-        _fail(parser.prog, str(error))
+    except (averaging.AveragingError, averaging.OutputError, averaging.CheckpointError, OSError) as error:
+        _fail(parser.prog, _one_line(error))
     steps = ", ".join(str(averaging.checkpoint_step(c)) for c in result.checkpoints)
     print(
         f"averaged {len(result.checkpoints)} checkpoints (steps {steps}; "

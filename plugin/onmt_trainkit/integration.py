@@ -115,7 +115,19 @@ def _average_checkpoints(
     max_count: int = 8,
     model_key: str = "model",
 ) -> str:
-    """Replaces ``opennmt.utils.checkpoint.average_checkpoints`` (same signature)."""
+    """Replaces ``opennmt.utils.checkpoint.average_checkpoints`` (same signature).
+
+    As stock OpenNMT-tf, the average is added to ``output_dir`` if it exists; unlike it, a file
+    there that is not an average's is never replaced (see :mod:`onmt_trainkit.output`), and
+    checkpoints with nothing under ``model_key`` are refused. Remote paths go through
+    ``tf.io.gfile``.
+
+    Raises:
+      ValueError: if ``model_key`` is not in ``trackables``, or for a request that the averager
+        refuses (:class:`onmt_trainkit.averaging.AveragingError` and its kin).
+    """
+    if model_key not in trackables:
+        raise ValueError(f"{model_key} not found in trackables {trackables}")
     if isinstance(model_dir, (list, tuple)):
         newest = sorted(model_dir, key=averaging.checkpoint_step)[-max_count:]
         selection = averaging.Selection(checkpoints=newest)
@@ -123,8 +135,11 @@ def _average_checkpoints(
     else:
         selection = averaging.Selection(max_count=max_count)
         source_dir = model_dir
-    result = averaging.average_checkpoints(source_dir, output_dir, selection, overwrite=True)
-    tf.get_logger().info("Saved averaged checkpoint to %s", result.checkpoint_prefix)
+    logger = tf.get_logger()
+    result = averaging.average_checkpoints(
+        source_dir, output_dir, selection, overwrite=True, model_key=model_key, log=logger.warning
+    )
+    logger.info("Saved averaged checkpoint to %s", result.checkpoint_prefix)
     return output_dir
 
 

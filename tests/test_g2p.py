@@ -186,6 +186,17 @@ def test_g2p_pipeline_runs_and_resumes(tmp_path, lexicon, model_file):
     assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
+    results = {"settings": {"peaks": [1e-3, 2e-3, 4e-3], "seeds": [1, 2]},
+               "scores": {f"cosine_peak{peak:g}-seed{seed}": {"wer": wer}
+                          for peak, wers in ((1e-3, (40.0, 38.0)), (2e-3, (35.0, 37.0)), (4e-3, (33.0, 40.0)))
+                          for seed, wer in zip((1, 2), wers)}}
+    assert g2p.chosen_peak(results) == 2e-3  # mean 36.0, against 39.0 and 36.5
+    del results["scores"]["cosine_peak0.004-seed2"]
+    with pytest.raises(ValueError, match=r"no dev score for cosine_peak0.004-seed2: run it first \(--budget peak\)"):
+        g2p.chosen_peak(results)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--vocab_size", "10"], "--vocab_size: --task g2p has no SentencePiece vocabulary"),
     (["--budget", "hour"], "--budget: 'hour' is not a budget of --task g2p; valid: full, quick, peak"),
@@ -193,7 +204,8 @@ def test_g2p_pipeline_runs_and_resumes(tmp_path, lexicon, model_file):
     (["--corpus", "missing.dict"], "--corpus missing.dict: not a file"),
 ])
 def test_g2p_command_line_refusals(tmp_path, arguments, message):
-    result = tool("experiment.py", "--task", "g2p", "--work_dir", str(tmp_path / "work"), *arguments, check=False)
+    result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--work_dir", str(tmp_path / "work"),
+                  *arguments, check=False)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"experiment: error: {message}"), result.stderr

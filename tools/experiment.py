@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -93,6 +94,17 @@ def _lexicon_splits(path: str | None, settings: g2p.Settings) -> dict[str, list]
         _fail(f"--corpus {path}: {error}")
 
 
+def _searched_peak() -> float:
+    """The peak that the committed peak search chose (the full G2P table's)."""
+    try:
+        with open(g2p.PEAK_SEARCH, encoding="utf-8") as saved:
+            return g2p.chosen_peak(json.load(saved))
+    except FileNotFoundError:
+        _fail(f"{g2p.PEAK_SEARCH} not found: run the peak search first (--budget peak)")
+    except ValueError as error:
+        _fail(f"{g2p.PEAK_SEARCH}: {error}")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -152,6 +164,8 @@ def main() -> int:
     overrides = {"max_step": args.max_step, "vocab_size": args.vocab_size, "seeds": args.seeds,
                  "model_file": os.path.abspath(args.model) if args.model else None}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if args.task == "g2p" and budget == "full":
+        settings = dataclasses.replace(settings, peak=_searched_peak())
     all_recipes = _recipes(args.task, settings)
     selected = all_recipes
     if args.recipes:

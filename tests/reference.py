@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -65,3 +67,29 @@ def cosine_restarts(step, initial, first_decay_steps, t_mul=2.0, m_mul=1.0, alph
         fraction = (fraction - (1 - t_mul**restart) / (1 - t_mul)) / t_mul**restart
     cosine = 0.5 * m_mul**restart * (1 + np.cos(np.pi * fraction))
     return initial * ((1 - alpha) * cosine + alpha)
+
+
+_FINITE_BFLOAT16 = (np.arange(0x7F80, dtype=np.uint32) << 16).view(np.float32)  # every finite >= 0, by bits
+_BFLOAT16_VALUES = [Fraction(float(v)) for v in _FINITE_BFLOAT16]
+_BFLOAT16_OVERFLOW = _BFLOAT16_VALUES[-1] + (_BFLOAT16_VALUES[-1] - _BFLOAT16_VALUES[-2]) / 2
+
+
+def exact_bfloat16(values) -> int:
+    """The bits of the bfloat16 nearest (ties to even) to the exact mean of ``values``, found
+    among all bfloat16 numbers with rational arithmetic; a NaN for a NaN or inf - inf."""
+    values = [float(v) for v in values]
+    if any(math.isnan(v) for v in values) or (math.inf in values and -math.inf in values):
+        return 0x7FC0
+    if math.inf in values or -math.inf in values:
+        return 0x7F80 if math.inf in values else 0xFF80
+    mean = sum(Fraction(v) for v in values) / len(values)
+    sign, magnitude = (0x8000, -mean) if mean < 0 else (0, mean)
+    if magnitude >= _BFLOAT16_OVERFLOW:
+        return sign | 0x7F80
+    index = bisect.bisect_right(_BFLOAT16_VALUES, magnitude) - 1
+    if index + 1 == len(_BFLOAT16_VALUES) or magnitude == _BFLOAT16_VALUES[index]:
+        return sign | index
+    below, above = magnitude - _BFLOAT16_VALUES[index], _BFLOAT16_VALUES[index + 1] - magnitude
+    if below < above or (below == above and index % 2 == 0):
+        return sign | index
+    return sign | (index + 1)

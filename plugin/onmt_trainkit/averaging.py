@@ -329,6 +329,7 @@ class _PartialSums(threading.Thread):
         buffer = bytearray(self.piece_bytes)
         count = 0
         try:
+            np.seterr(invalid="ignore", over="ignore")  # this thread's: inf - inf is NaN, as it should be
             for name in self.names:
                 entry = self.readers[0].entries[name]
                 streams = [reader.pieces(name, buffer) for reader in self.readers]
@@ -396,16 +397,19 @@ class _Averager:
             for item in sums:
                 if isinstance(item, BaseException):
                     raise item
-            for other in rest:
-                mean += other
+            # inf - inf is NaN and a float16 mean past 65504 is inf, as they should be: no warning.
+            with np.errstate(invalid="ignore", over="ignore"):
+                for other in rest:
+                    mean += other
+                if entry.dtype == DT_BFLOAT16:
+                    mean /= self.count
+                    result = float64_to_bfloat16(mean)
+                else:
+                    # Divided in float64, then rounded once to the stored dtype.
+                    output = self.output[: mean.size * dtype.itemsize].view(dtype)
+                    result = np.divide(mean, self.count, out=output)
             on_piece(mean.size * dtype.itemsize * self.count)
-            if entry.dtype == DT_BFLOAT16:
-                mean /= self.count
-                yield float64_to_bfloat16(mean).data
-            else:
-                # Divided in float64, then rounded once to the stored dtype.
-                output = self.output[: mean.size * dtype.itemsize].view(dtype)
-                yield np.divide(mean, self.count, out=output).data
+            yield result.data
 
 
 def _average_into(

@@ -365,7 +365,7 @@ def float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
     bits |= (back != magnitude).astype(np.uint32)  # inexact: odd
     rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(values)
-    rounded[nan] = np.uint16(0x7FC0) | (rounded[nan] & np.uint16(0x8000))
+    rounded[nan] = np.where(np.signbit(values[nan]), np.uint16(0xFFC0), np.uint16(0x7FC0))
     return rounded
 
 

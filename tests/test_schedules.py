@@ -50,6 +50,27 @@ def test_noam_identical_to_opennmt():
         np.testing.assert_array_equal(ours, stock)
 
 
+def test_noam_is_opennmt_noam():
+    """Code that checks for OpenNMT-tf's class (its own tests, users') accepts the plugin's."""
+    assert issubclass(schedules.NoamDecay, opennmt.schedules.NoamDecay)
+    assert opennmt.schedules.NoamDecay.__module__ == "opennmt.schedules.lr_schedules"  # not replaced
+    ours = schedules.NoamDecay(2.0, 512, 4000)
+    assert isinstance(ours, opennmt.schedules.NoamDecay)
+    assert isinstance(ours, tf.keras.optimizers.schedules.LearningRateSchedule)
+    # What OpenNMT-tf builds for decay_type NoamDecay while the plugin is active: the plugin's,
+    # with its checked arguments kept as given, and an instance of OpenNMT-tf's class.
+    wrapper = opennmt.schedules.make_learning_rate_schedule(2.0, "NoamDecay", dict(model_dim=512, warmup_steps=4000))
+    assert type(wrapper.schedule) is schedules.NoamDecay
+    assert isinstance(wrapper.schedule, opennmt.schedules.NoamDecay)
+    assert (wrapper.schedule.scale, wrapper.schedule.model_dim, wrapper.schedule.warmup_steps) == (2.0, 512, 4000)
+    assert wrapper.schedule.get_config() == {"scale": 2.0, "model_dim": 512, "warmup_steps": 4000}
+    assert isinstance(config.learning_rate_schedule(
+        {"learning_rate": 2.0, "decay_type": "NoamDecay", "decay_params": {"model_dim": 512, "warmup_steps": 4000}}
+    ).schedule, opennmt.schedules.NoamDecay)
+    steps = [0, 1, 3999, 4000, 4001, 10**6]
+    np.testing.assert_allclose(values(wrapper, steps), ref.noam(steps, 2.0, 512, 4000), rtol=RTOL)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -7,6 +7,7 @@ Every message names the key, the value received and what is allowed, e.g.
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from typing import Any
 from collections.abc import Iterable
@@ -35,6 +36,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_integral(value: Any) -> bool:
+    """An integer, or a float with an integral value (YAML reads ``1.0e+5`` as 100000.0)."""
+    if isinstance(value, numbers.Integral):
+        return not isinstance(value, bool)
+    return _is_number(value) and math.isfinite(value) and float(value).is_integer()
+
+
 def check_number(
     key: str,
     value: Any,
@@ -47,14 +55,17 @@ def check_number(
 ) -> Any:
     """Checks that ``value`` is a number (an integer if ``integer``) within the bounds.
 
+    With ``integer``, a float with an integral value is accepted (YAML reads ``1.0e+5`` as
+    100000.0, and OpenNMT-tf accepts it), and 1.5 is refused.
+
     Returns:
-      ``value`` unchanged.
+      ``value`` unchanged, or as an ``int`` if ``integer``.
 
     Raises:
       ConfigError: naming ``key``, the value and the allowed range.
     """
     kind = "an integer" if integer else "a number"
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) if integer else _is_number(value)
+    ok = _is_integral(value) if integer else _is_number(value)
     parts = []
     if minimum is not None:
         parts.append(f"{'>=' if min_inclusive else '>'} {minimum:g}")
@@ -67,4 +78,4 @@ def check_number(
         raise invalid(key, value, allowed)
     if maximum is not None and (value > maximum or (not max_inclusive and value == maximum)):
         raise invalid(key, value, allowed)
-    return value
+    return int(value) if integer else value

@@ -11,6 +11,7 @@ from typing import Any
 from collections.abc import Mapping
 
 import numpy as np
+import opennmt
 import tensorflow as tf
 
 from onmt_trainkit.errors import check_number, unknown_name
@@ -20,7 +21,7 @@ _register = tf.keras.utils.register_keras_serializable(package="onmt_trainkit")
 
 
 @_register
-class NoamDecay(_Schedule):
+class NoamDecay(opennmt.schedules.NoamDecay):
     r"""The schedule of "Attention Is All You Need" (https://arxiv.org/abs/1706.03762).
 
     With :math:`t = \text{step} + 1`:
@@ -32,11 +33,13 @@ class NoamDecay(_Schedule):
 
     It rises linearly for ``warmup_steps`` (w) steps to its peak
     :math:`\text{scale} \cdot d^{-0.5} \cdot w^{-0.5}`, then decays as :math:`t^{-0.5}`.
-    Values are identical to ``opennmt.schedules.NoamDecay`` for identical arguments.
+    Values are identical to ``opennmt.schedules.NoamDecay`` for identical arguments, and it is
+    one (a subclass), so code that checks for OpenNMT-tf's class accepts it. It adds checked
+    arguments, kept as the Python numbers given, and ``get_config``.
     """
 
     def __init__(self, scale: float, model_dim: int, warmup_steps: int):
-        """Initializes the schedule.
+        """Initializes the schedule (in place of OpenNMT-tf's constructor, which casts to tensors).
 
         Args:
           scale: The scale constant (``params.learning_rate`` in OpenNMT-tf), > 0.

@@ -127,8 +127,11 @@ def write(path: str, data: bytes) -> None:
         with open(path, "wb") as content:
             content.write(data)
         return
-    with _Remote(path) as remote, remote.gfile.GFile(path, "wb") as content:
-        content.write(data)
+    with _Remote(path) as remote:
+        if remote.gfile.exists(path):  # some file systems (ram://) append to an existing file
+            remote.gfile.remove(path)
+        with remote.gfile.GFile(path, "wb") as content:
+            content.write(data)
 
 
 def mkdir(path: str) -> None:
@@ -232,6 +235,8 @@ class Writer:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         else:
             with self._remote:
+                if self._remote.gfile.exists(path):  # some file systems (ram://) append to it
+                    self._remote.gfile.remove(path)
                 self._file = self._remote.gfile.GFile(path, "wb")
 
     def write_at(self, view: memoryview, offset: int) -> None:

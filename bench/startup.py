@@ -5,7 +5,9 @@ Two fresh virtual environments of the same interpreter, side by side in a tempor
 directory: one with the onmt-trainkit wheel installed (``--no-deps``: the hook, the package,
 nothing else), one empty. ``python -c pass`` runs ``--runs`` times in each, interleaved (A, B,
 A, B...) so that the machine's load weighs on both alike; the table gives the mean, the
-standard deviation, the median and the minimum in milliseconds. ``python -X importtime``
+standard deviation, the median and the minimum of the wall time in milliseconds, and the
+median of the processor time (user + system, from the children's resource usage), which
+other work on the machine disturbs much less than the wall time. ``python -X importtime``
 then gives what importing the hook's package itself costs (its own and cumulative
 microseconds, median of the runs). With ``hyperfine`` on the PATH (Debian: ``apt-get install
 hyperfine``), it also runs the two commands side by side for a second opinion.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,10 +40,15 @@ def _environment(path: str, wheel: str | None) -> str:
     return python
 
 
-def _time(python: str) -> float:
+def _time(python: str) -> tuple[float, float]:
+    """Runs ``python -c pass``; returns its wall and processor times in milliseconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([python, "-c", "pass"], check=True)
-    return (time.perf_counter() - start) * 1000
+    wall = (time.perf_counter() - start) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    return wall, cpu
 
 
 def _import_time(python: str, runs: int) -> tuple[float, float]:
@@ -70,16 +78,20 @@ def main(argv: list[str] | None = None) -> None:
                                capture_output=True, text=True, check=True).stdout.strip()
         assert check == "True", "the hook did not run"
         times: dict[str, list[float]] = {name: [] for name in pythons}
+        cpu: dict[str, list[float]] = {name: [] for name in pythons}
         for _ in range(args.runs):
             for name, python in pythons.items():
-                times[name].append(_time(python))
+                wall, processor = _time(python)
+                times[name].append(wall)
+                cpu[name].append(processor)
         print(f"python -c pass, {args.runs} runs each, interleaved (ms):")
-        print(f"{'':>14} {'mean':>7} {'sd':>6} {'median':>7} {'min':>6}")
+        print(f"{'':>14} {'mean':>7} {'sd':>6} {'median':>7} {'min':>6} {'cpu median':>10}")
         for name, values in times.items():
             print(f"{name:>14} {statistics.mean(values):7.2f} {statistics.stdev(values):6.2f} "
-                  f"{statistics.median(values):7.2f} {min(values):6.2f}")
-        difference = statistics.median(times["with the hook"]) - statistics.median(times["without"])
-        print(f"difference of the medians: {difference:+.2f} ms")
+                  f"{statistics.median(values):7.2f} {min(values):6.2f} {statistics.median(cpu[name]):10.2f}")
+        for label, values in (("wall", times), ("cpu", cpu)):
+            difference = statistics.median(values["with the hook"]) - statistics.median(values["without"])
+            print(f"difference of the medians ({label}): {difference:+.2f} ms")
         own, cumulative = _import_time(pythons["with the hook"], min(args.runs, 20))
         print(f"python -X importtime: importing onmt_trainkit takes {own:.0f} us (its own code), "
               f"{cumulative:.0f} us with what it imports (medians)")

@@ -198,3 +198,166 @@ def test_recipe_is_continuous_at_the_end_of_warmup(name):
     before, at, after = curve(params, [warmup - 1, warmup, warmup + 1], max_step)
     assert at - before == pytest.approx(at / warmup, rel=1e-3)  # the last warmup increment
     assert abs(after - at) <= at / warmup
+
+
+# ---- Integral floats (YAML writes 1.0e+5 as 100000.0) ---------------------------------
+
+def test_integral_floats_are_accepted_where_an_integer_is_required():
+    written = {"learning_rate": 1e-3, "warmup_steps": 10.0, "start_decay_steps": 5.0, "decay_step_duration": 2.0,
+               "decay_type": "PolynomialDecay", "decay_params": {"decay_steps": 1.0e2, "end_learning_rate": 0.0}}
+    schedule = config.learning_rate_schedule(written)
+    assert (schedule.warmup_steps, schedule.step_start, schedule.step_duration, schedule.schedule.decay_steps) \
+        == (10, 5, 2, 100)
+    assert all(type(v) is int for v in (schedule.warmup_steps, schedule.step_start, schedule.step_duration,
+                                        schedule.schedule.decay_steps))
+    steps = [0, 9, 10, 15, 16, 17, 100, 214, 215, 216, 1000]
+    expected = ref.wrapped(functools.partial(ref.polynomial, initial=1e-3, decay_steps=100, end=0.0),
+                           steps, warmup=10, start=5, duration=2)
+    np.testing.assert_allclose(schedules.evaluate(schedule, steps), expected, rtol=RTOL, atol=ATOL)
+    assert written["warmup_steps"] == 10.0 and type(written["warmup_steps"]) is float  # not modified
+
+
+@pytest.mark.parametrize(
+    "params,max_step,check",
+    [
+        ({"learning_rate": 1e-3, "decay_type": "PolynomialDecay", "decay_params": {"decay_steps": "max_step"}},
+         1.0e+5, lambda s: s.schedule.decay_steps == 100000),
+        ({"learning_rate": 1e-3, "decay_type": "WarmupStableDecay",
+          "decay_params": {"total_steps": 1.0e+3, "decay_steps": 2.0e+2}}, None,
+         lambda s: (s.schedule.total_steps, s.schedule.decay_steps) == (1000, 200)),
+        ({"decay_type": "PiecewiseConstantDecay", "decay_params": {"boundaries": [10.0, 20.0], "values": [3, 2, 1]}},
+         None, lambda s: s.schedule.boundaries == [10, 20]),
+        ({"learning_rate": 1e-3, "decay_type": "CosineDecay", "decay_params": {"decay_steps": 5.0e+1}}, None,
+         lambda s: s.schedule.decay_steps == 50),
+    ],
+)
+def test_integral_floats_in_decay_params_and_max_step(params, max_step, check):
+    assert check(config.learning_rate_schedule(params, max_step=max_step))
+
+
+@pytest.mark.parametrize(
+    "params,max_step,message",
+    [
+        ({"learning_rate": 1, "start_decay_steps": 1.5}, None, "params.start_decay_steps must be an integer >= 0, got 1.5"),
+        ({"learning_rate": 1, "decay_step_duration": 2.5}, None,
+         "params.decay_step_duration must be an integer >= 1, got 2.5"),
+        ({"learning_rate": 1, "decay_type": "PolynomialDecay", "decay_params": {"decay_steps": 1.5}}, None,
+         "decay_params.decay_steps must be an integer > 0, got 1.5"),
+        ({"learning_rate": 1, "decay_type": "PolynomialDecay", "decay_params": {"decay_steps": "max_step"}}, 10.5,
+         "train.max_step must be an integer > 0, got 10.5"),
+        ({"decay_type": "PiecewiseConstantDecay", "decay_params": {"boundaries": [10.5, 20], "values": [3, 2, 1]}},
+         None, r"decay_params.boundaries\[\] must be an integer >= 0, got 10.5"),
+        ({"learning_rate": 1, "warmup_steps": float("inf")}, None, "params.warmup_steps must be an integer >= 0, got inf"),
+        ({"learning_rate": 1, "warmup_steps": True}, None, "params.warmup_steps must be an integer >= 0, got True"),
+    ],
+)
+def test_fractional_values_are_still_refused_where_an_integer_is_required(params, max_step, message):
+    with pytest.raises(ConfigError, match=message):
+        config.learning_rate_schedule(params, max_step=max_step)
+
+
+# ---- A second warmup ------------------------------------------------------------------
+
+FIRST_NOAM = f"{ref.noam(0, 2.0, 512, 8000):.3g}"  # written as the message writes it
+
+SECOND_WARMUPS = {
+    "NoamDecay": ({"model_dim": 512, "warmup_steps": 8000}, "decay_params.warmup_steps: 8000", FIRST_NOAM),
+    # scale / sqrt(max(step, warmup)) at step 0
+    "RsqrtDecay": ({"warmup_steps": 4000}, "decay_params.warmup_steps: 4000", f"{2.0 * 4000**-0.5:.3g}"),
+    # learning_rate * t / warmup, t = step + 1
+    "InvSqrtDecay": ({"warmup_steps": 4000}, "decay_params.warmup_steps: 4000", f"{2.0 * 1 / 4000:.3g}"),
+    "RNMTPlusDecay": ({"num_replicas": 1}, "decay_params.warmup_steps: 500, its default", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_WARMUPS))
+def test_a_second_warmup_is_refused_naming_both_keys_and_what_to_write(name):
+    decay_params, own, first = SECOND_WARMUPS[name]
+    params = {"learning_rate": 2.0, "warmup_steps": 20, "decay_type": name, "decay_params": decay_params}
+    with pytest.raises(ConfigError) as error:
+        config.learning_rate_schedule(params)
+    message = str(error.value)
+    assert message.startswith(f"params.warmup_steps: 20 would add a second warmup: decay_type {name} has its own "
+                              f"({own}); the rate would rise to {name}'s first value ")
+    if first is not None:
+        assert f"first value {first} over 20 steps" in message
+    assert ("To warm up over 20 steps, remove params.warmup_steps and set decay_params.warmup_steps: 20; or keep "
+            "params.warmup_steps with a params.decay_type that has no warmup (e.g. PolynomialDecay, CosineDecay, "
+            "WarmupStableDecay)") in message
+
+
+@pytest.mark.parametrize(
+    "name,decay_params,remove",
+    [
+        ("CosineAnnealing", {"warmup_steps": 100}, "decay_params.warmup_steps"),
+        ("CosineDecay", {"decay_steps": 1000, "warmup_steps": 100, "warmup_target": 3.0},
+         "decay_params.warmup_steps and warmup_target"),
+    ],
+)
+def test_a_second_warmup_in_front_of_an_optional_one(name, decay_params, remove):
+    params = {"learning_rate": 2.0, "warmup_steps": 20, "decay_type": name, "decay_params": decay_params}
+    with pytest.raises(ConfigError, match=(
+            rf"^params.warmup_steps: 20 would add a second warmup: decay_type {name} has its own "
+            rf"\(decay_params.warmup_steps: 100\); .* set decay_params.warmup_steps: 20; or keep params.warmup_steps "
+            rf"and remove {remove}$")):
+        config.learning_rate_schedule(params)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"learning_rate": 2.0, "decay_type": "NoamDecay", "decay_params": {"model_dim": 512, "warmup_steps": 8000}},
+        {"learning_rate": 2.0, "warmup_steps": 0, "decay_type": "NoamDecay",
+         "decay_params": {"model_dim": 512, "warmup_steps": 8000}},
+        {"learning_rate": 2.0, "warmup_steps": 20, "decay_type": "CosineAnnealing", "decay_params": {}},
+        # Keras ignores CosineDecay's warmup_steps without a warmup_target: no warmup of its own.
+        {"learning_rate": 2.0, "warmup_steps": 20, "decay_type": "CosineDecay",
+         "decay_params": {"decay_steps": 100, "warmup_steps": 10}},
+        {"learning_rate": 2.0, "warmup_steps": 20, "decay_type": "WarmupStableDecay",
+         "decay_params": {"total_steps": 100, "decay_steps": 10}},
+    ],
+)
+def test_one_warmup_is_accepted(params):
+    assert config.learning_rate_schedule(params) is not None
+
+
+def test_second_warmup_over_auto_config_says_what_to_write_in_the_yaml():
+    """The catalog Transformer's --auto_config gives NoamDecay; a user adds only params.warmup_steps."""
+    import opennmt
+
+    merged = opennmt.config.merge_config(opennmt.models.TransformerTiny().auto_config(), {"params": {"warmup_steps": 20}})
+    params = merged["params"]
+    assert (params["decay_type"], params["decay_params"]) == ("NoamDecay", {"model_dim": 64, "warmup_steps": 8000})
+    with pytest.raises(ConfigError) as error:
+        config.learning_rate_schedule(params, auto_config=True)
+    assert str(error.value) == (
+        "params.warmup_steps: 20 would add a second warmup: --auto_config sets decay_type: NoamDecay, which has its "
+        f"own (decay_params.warmup_steps: 8000); the rate would rise to NoamDecay's first value "
+        f"{ref.noam(0, 2.0, 64, 8000):.3g} over 20 steps, then go through NoamDecay's warmup. To warm up over 20 "
+        "steps, remove params.warmup_steps and write params.decay_params: {model_dim: 64, warmup_steps: 20} (it "
+        "replaces the automatic decay_params whole); or keep params.warmup_steps with a params.decay_type that has "
+        "no warmup (e.g. PolynomialDecay, CosineDecay, WarmupStableDecay)")
+    # What the message says to write, merged as OpenNMT-tf merges it: Noam with a 20-step warmup.
+    advice = opennmt.config.merge_config(opennmt.models.TransformerTiny().auto_config(),
+                                         {"params": {"decay_params": {"model_dim": 64, "warmup_steps": 20}}})
+    steps = [0, 1, 18, 19, 20, 21, 1000]
+    schedule = config.learning_rate_schedule(advice["params"], auto_config=True)
+    np.testing.assert_allclose(schedules.evaluate(schedule, steps), ref.noam(steps, 2.0, 64, 20), rtol=RTOL)
+
+
+# ---- Schedule lengths resolved for OpenNMT-tf's batch-size autotuning trials ------------
+
+def test_resolve_max_step_gives_the_numbers_of_the_real_run():
+    params = {"learning_rate": 1.0, "warmup_steps": 10.0, "start_decay_steps": 5, "decay_step_duration": 2,
+              "decay_type": "WarmupStableDecay", "decay_params": {"total_steps": "max_step", "decay_steps": 20}}
+    resolved = config.resolve_max_step(params, max_step=1.0e+2)
+    assert resolved["decay_params"] == {"total_steps": (100 - 10 - 5) // 2, "decay_steps": 20}
+    assert resolved["warmup_steps"] == 10 and params["decay_params"]["total_steps"] == "max_step"
+    # A trial runs 5 steps: with the resolved copy it builds the real run's schedule.
+    steps = [0, 9, 10, 15, 16, 60, 99, 100]
+    np.testing.assert_array_equal(schedules.evaluate(config.learning_rate_schedule(resolved, max_step=5), steps),
+                                  schedules.evaluate(config.learning_rate_schedule(params, max_step=100), steps))
+    with pytest.raises(ConfigError, match="no step is left to decay"):
+        config.learning_rate_schedule(params, max_step=5)
+    with pytest.raises(ConfigError, match="train.max_step is not set"):
+        config.resolve_max_step(params, max_step=None)

@@ -125,15 +125,17 @@ def schedule_class(name: Any) -> type:
         raise unknown_name("params.decay_type", name, schedule_names()) from None
 
 
-def _check_piecewise(args: Mapping[str, Any]) -> None:
+def _check_piecewise(args: dict[str, Any]) -> None:
     boundaries, values = args.get("boundaries"), args.get("values")
     if not isinstance(boundaries, (list, tuple)) or not boundaries:
         raise invalid("decay_params.boundaries", boundaries, "a non-empty list of steps")
     for a, b in zip(boundaries, boundaries[1:]):
         if not b > a:
             raise invalid("decay_params.boundaries", boundaries, "strictly increasing")
-    for boundary in boundaries:
+    args["boundaries"] = [
         check_number("decay_params.boundaries[]", boundary, minimum=0, integer=True)
+        for boundary in boundaries
+    ]
     if not isinstance(values, (list, tuple)) or len(values) != len(boundaries) + 1:
         raise invalid(
             "decay_params.values", values,
@@ -165,7 +167,7 @@ def _remaining_steps(
             f"decay_params.{key} is 'max_step' but train.max_step is not set; "
             "set train.max_step or give a number of steps"
         )
-    check_number("train.max_step", max_step, minimum=0, min_inclusive=False, integer=True)
+    max_step = check_number("train.max_step", max_step, minimum=0, min_inclusive=False, integer=True)
     start = params.get("start_decay_steps", 0)
     duration = params.get("decay_step_duration", 1)
     remaining = (max_step - warmup_steps - start) // duration
@@ -205,13 +207,14 @@ def _schedule_arguments(
         raise ConfigError(f"{what}{missing[0]} is required by {cls.__name__}")
     for key, bounds in _KERAS_BOUNDS.get(cls.__name__, {}).items():
         if args.get(key) is not None:
-            check_number(f"decay_params.{key}", args[key], **bounds)
+            args[key] = check_number(f"decay_params.{key}", args[key], **bounds)
     if cls.__name__ == "PiecewiseConstantDecay":
         _check_piecewise(args)
     return args
 
 
-def _check_params(params: Mapping[str, Any]) -> None:
+def _check_params(params: dict[str, Any]) -> None:
+    """Checks the ``params`` keys of the schedule; stores integral floats as ``int``."""
     for key, bounds in (
         ("learning_rate", _non_negative),
         ("start_decay_steps", dict(minimum=0, integer=True)),
@@ -221,17 +224,19 @@ def _check_params(params: Mapping[str, Any]) -> None:
         ("warmup_learning_rate", _non_negative),
     ):
         if params.get(key) is not None:
-            check_number(f"params.{key}", params[key], **bounds)
+            params[key] = check_number(f"params.{key}", params[key], **bounds)
 
 
 def learning_rate_schedule(
-    params: Mapping[str, Any], max_step: int | None = None
+    params: Mapping[str, Any], max_step: int | None = None, auto_config: bool = False
 ) -> schedules.ScheduleWrapper | None:
     """Builds the learning-rate schedule that ``params`` describes, as training does.
 
     Args:
       params: The ``params`` section of the configuration (not modified).
       max_step: ``train.max_step``, used where a schedule length is ``max_step``.
+      auto_config: ``decay_type`` comes from the model's automatic configuration
+        (``onmt-main --auto_config``), not from the user's YAML; error messages say so.
 
     Returns:
       A :class:`~onmt_trainkit.schedules.ScheduleWrapper`, or ``None`` when ``params``
@@ -256,6 +261,7 @@ def learning_rate_schedule(
         cls = schedule_class(decay_type)
         args = _schedule_arguments(cls, params, max_step, warmup_steps)
         schedule = _construct(cls, args)
+        _check_single_warmup(cls, schedule, params, warmup_steps, auto_config)
     return schedules.ScheduleWrapper(
         schedule,
         step_start=params.get("start_decay_steps", 0),
@@ -264,6 +270,100 @@ def learning_rate_schedule(
         warmup_steps=warmup_steps,
         warmup_learning_rate=params.get("warmup_learning_rate") or 0,
     )
+
+
+def resolve_max_step(
+    params: Mapping[str, Any], max_step: int | None, auto_config: bool = False
+) -> dict[str, Any]:
+    """Returns a copy of ``params`` where each length written ``max_step`` is its number.
+
+    OpenNMT-tf tunes the batch size (``train.batch_size: 0``) with a few training steps in
+    subprocesses that set ``train.max_step: 5``; given this copy, they build the schedule
+    of the real run instead of one resolved against 5 steps.
+
+    Args:
+      params: The ``params`` section of the configuration (not modified).
+      max_step: ``train.max_step`` of the real run.
+      auto_config: As in :func:`learning_rate_schedule`.
+
+    Raises:
+      ConfigError: if ``params`` does not describe a valid schedule (checked first).
+    """
+    learning_rate_schedule(params, max_step=max_step, auto_config=auto_config)
+    params = _as_dict("params", params)
+    _check_params(params)
+    if params.get("decay_type") is None or params.get("decay_params") is None:
+        return params
+    decay_params = _as_dict("params.decay_params", params["decay_params"])
+    for key, value in decay_params.items():
+        if value == MAX_STEP:
+            decay_params[key] = _remaining_steps(key, params, max_step, params.get("warmup_steps") or 0)
+    params["decay_params"] = decay_params
+    return params
+
+
+def _own_warmup(cls: type, decay_params: Mapping[str, Any]) -> tuple[Any, bool, bool]:
+    """Returns the schedule's own warmup length (``None`` or 0: it has none), whether
+    ``decay_params`` sets it (else it is the default), and whether leaving it out turns it off.
+
+    A schedule has its own warmup when its constructor takes ``warmup_steps`` and the value
+    is not 0 or ``None``; Keras's ``CosineDecay`` warms up only with a ``warmup_target``.
+    """
+    parameters = inspect.signature(cls.__init__).parameters
+    parameter = parameters.get("warmup_steps")
+    if parameter is None:
+        return None, False, False
+    if "warmup_target" in parameters and decay_params.get("warmup_target") is None:
+        return None, False, False
+    has_default = parameter.default is not parameter.empty
+    default = parameter.default if has_default else None
+    return decay_params.get("warmup_steps", default), "warmup_steps" in decay_params, has_default and not default
+
+
+def _flow(mapping: Mapping[str, Any]) -> str:
+    """Writes a mapping as a YAML flow mapping: ``{model_dim: 512, warmup_steps: 20}``."""
+    return "{" + ", ".join(f"{key}: {value}" for key, value in mapping.items()) + "}"
+
+
+def _check_single_warmup(
+    cls: type, schedule: Any, params: Mapping[str, Any], warmup_steps: int, auto_config: bool
+) -> None:
+    """Refuses ``params.warmup_steps`` in front of a schedule that has its own warmup.
+
+    The wrapper's warmup ramps to S(0), the schedule's tiny first value, and only then does
+    the schedule's own warmup start: two warmups, the first one useless.
+    """
+    decay_params = _as_dict("params.decay_params", params.get("decay_params") or {})
+    own, given, optional = _own_warmup(cls, decay_params)
+    if not warmup_steps or not own:
+        return
+    name = cls.__name__
+    first = float(schedule(tf.constant(0, tf.int64)))
+    source = f"--auto_config sets decay_type: {name}, which" if auto_config else f"decay_type {name}"
+    default = "" if given else ", its default"
+    message = (
+        f"params.warmup_steps: {warmup_steps} would add a second warmup: {source} has its own "
+        f"(decay_params.warmup_steps: {own}{default}); the rate would rise to {name}'s first "
+        f"value {first:.3g} over {warmup_steps} steps, then go through {name}'s warmup. "
+        f"To warm up over {warmup_steps} steps, remove params.warmup_steps and "
+    )
+    if auto_config:
+        replacement = _flow({**decay_params, "warmup_steps": warmup_steps})
+        message += (
+            f"write params.decay_params: {replacement} (it replaces the automatic "
+            "decay_params whole)"
+        )
+    else:
+        message += f"set decay_params.warmup_steps: {warmup_steps}"
+    if optional:
+        keys = " and warmup_target" if "warmup_target" in decay_params else ""
+        message += f"; or keep params.warmup_steps and remove decay_params.warmup_steps{keys}"
+    else:
+        message += (
+            "; or keep params.warmup_steps with a params.decay_type that has no warmup "
+            "(e.g. PolynomialDecay, CosineDecay, WarmupStableDecay)"
+        )
+    raise ConfigError(message)
 
 
 def _construct(cls: Callable[..., Any], args: dict[str, Any]) -> Any:

@@ -52,7 +52,7 @@ class Settings(runner.Settings):
     warmup: int = 400
     ema: float = 0.999
     average: int = 5
-    eval_every: int = 400
+    eval_every: int = 800
     dev_size: int = 2000
     test_size: int = 5000
     checkpoints: int = 20

@@ -6,9 +6,11 @@ Trains Transformer base (about 44M parameters with the toy vocabulary) on CPU wi
 for the plugin, interleaved round by round, and reads the steps/s that OpenNMT-tf logs after
 its first report (from the times of its log lines). The update costs about 1% of a step,
 less than the run-to-run noise of whole runs, so it also times, in process and interleaved,
-one update of each class (compiled, as in training) and one swap in and out.
+one update of each class (compiled, as in training) and one swap in and out, and the plugin's
+update for K = 1, 2 and 3 decays (``train.moving_average_decay: [d1, ..., dK]``).
 
     python bench/moving_average.py [--rounds 2] [--batch_size 2048] [--steps 16]
+    python bench/moving_average.py --decays_only     # the K = 1, 2, 3 table alone
 """
 
 from __future__ import annotations
@@ -83,6 +85,46 @@ def in_process_costs(paths) -> dict[str, dict[str, float]]:
     return results
 
 
+def update_costs_by_decay_count(paths, counts=(1, 2, 3), rounds=3) -> tuple[dict[int, float], int]:
+    """Median seconds of one compiled update of the plugin's averages of Transformer base's
+    variables, for each number K of decays, interleaved over ``rounds``; and the bytes of
+    the averaged weights."""
+    import opennmt
+    import tensorflow as tf
+
+    from onmt_trainkit.moving_average import MovingAverage
+
+    model = opennmt.models.TransformerBase()
+    model.initialize({"source_vocabulary": paths["src_vocab"], "target_vocabulary": paths["tgt_vocab"]})
+    model.create_variables()
+    step = tf.Variable(1, dtype=tf.int64)
+    decays = (0.9999, 0.999, 0.99)
+    updates = {count: tf.function(MovingAverage(model.trainable_variables, step, decay=decays[:count]).update)
+               for count in counts}
+    timings: dict[int, list[float]] = {count: [] for count in counts}
+    for _ in range(rounds):
+        for count in counts:
+            updates[count]()
+            step.assign_add(1)
+            for _ in range(10):
+                start = time.perf_counter()
+                updates[count]()
+                timings[count].append(time.perf_counter() - start)
+    size = sum(v.shape.num_elements() * v.dtype.size for v in model.trainable_variables)
+    return {count: statistics.median(values) for count, values in timings.items()}, size
+
+
+def print_decay_counts(paths) -> None:
+    costs, size = update_costs_by_decay_count(paths)
+    print(f"\nThe plugin's update of Transformer base ({size / 2**20:.0f} MiB of weights) for K decays, "
+          "compiled, median of 30 interleaved calls:")
+    print(f"{'K':>2}{'one update':>12}{'/ K=1':>8}{'bytes moved':>14}{'/ K=1':>8}{'limit K x K=1':>15}")
+    for count, seconds in costs.items():
+        moved = (1 + 2 * count) * size  # read w once and each average, write each average
+        print(f"{count:>2}{seconds * 1000:>9.1f} ms{seconds / costs[1]:>8.2f}{moved / 2**20:>10.0f} MiB"
+              f"{moved / (3 * size):>8.2f}{count:>15.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "run", "bench_moving_average"))
@@ -90,9 +132,14 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=2048, help="Tokens per batch.")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--report", type=int, default=4)
+    parser.add_argument("--decays_only", action="store_true",
+                        help="Only time the plugin's update for K = 1, 2, 3 decays.")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     paths = prepare(args.work_dir)
+    if args.decays_only:
+        print_decay_counts(paths)
+        return 0
     timings: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
     for round_index in range(args.rounds):
         for name, model_key, decay in VARIANTS:
@@ -115,6 +162,7 @@ def main() -> int:
     ratio = costs["update"]["plugin"] / costs["update"]["stock"]
     print(f"update cost, plugin / OpenNMT-tf: {ratio:.2f} (measured in process; the slowdowns of "
           "whole runs are within their run-to-run noise)")
+    print_decay_counts(paths)
     return 0
 
 

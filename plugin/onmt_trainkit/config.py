@@ -11,21 +11,28 @@ The ``params`` keys, stock OpenNMT-tf first:
 ``minimum_learning_rate``  the floor after the warmup (>= 0)
 ``warmup_steps``           new: linear warmup length W in front of any schedule (>= 0)
 ``warmup_learning_rate``   new: the rate at step 0 of the warmup (>= 0)
+``weight_decay``           new: lambda of the decay ``w -= lr(s) * lambda * w`` (>= 0)
+``weight_decay_exclude``   new: regular expressions of the weights it leaves out
 =========================  ===============================================================
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import re
 from typing import Any
 from collections.abc import Callable, Mapping
 
 import opennmt
 import tensorflow as tf
+from opennmt.optimizers.utils import get_optimizer_class
+from tensorflow_addons.optimizers import DecoupledWeightDecayExtension
 
 from onmt_trainkit import schedules
 from onmt_trainkit.errors import ConfigError, check_number, invalid, unknown_name
-from onmt_trainkit.moving_average import check_decay
+from onmt_trainkit.moving_average import check_decays
+from onmt_trainkit.weight_decay import DEFAULT_EXCLUDE, WeightDecay
 
 MAX_STEP = "max_step"
 """The value that a schedule length may take to mean "until the end of training"."""
@@ -373,6 +380,163 @@ def _construct(cls: Callable[..., Any], args: dict[str, Any]) -> Any:
         raise ConfigError(f"decay_params.{error}") from None
 
 
-def moving_average_decay(value: Any) -> float:
-    """Checks ``train.moving_average_decay``: a number in the open interval (0, 1)."""
-    return check_decay(value, key="train.moving_average_decay")
+def moving_average_decay(value: Any) -> tuple[float, ...]:
+    """Checks ``train.moving_average_decay``: a number in the open interval (0, 1), or a
+    non-empty list of distinct such numbers; returns the decays."""
+    return check_decays(value, key="train.moving_average_decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingAverageSettings:
+    """The ``train`` keys of the moving average, checked."""
+
+    decays: tuple[float, ...]
+    """``moving_average_decay``: the first is swapped into every checkpoint's model weights."""
+    start_step: int = 0
+    """``moving_average_start_step``: the step whose update copies the weights."""
+    every: int = 1
+    """``moving_average_every``: the period of the updates, in steps."""
+    eval_all: bool = False
+    """``moving_average_eval_all``: evaluate every average and the training weights."""
+
+
+MOVING_AVERAGE_KEYS = ("moving_average_start_step", "moving_average_every", "moving_average_eval_all")
+"""The ``train`` keys that tune ``train.moving_average_decay``."""
+
+
+def moving_average_settings(train: Mapping[str, Any]) -> MovingAverageSettings | None:
+    """Checks the moving-average keys of the ``train`` section.
+
+    Returns:
+      The settings, or ``None`` when ``train.moving_average_decay`` is not set.
+
+    Raises:
+      ConfigError: naming the key, the value and what is allowed.
+    """
+    train = _as_dict("train", train or {})
+    start_step = train.get("moving_average_start_step")
+    every = train.get("moving_average_every")
+    eval_all = train.get("moving_average_eval_all")
+    if start_step is not None:
+        start_step = check_number("train.moving_average_start_step", start_step, minimum=0, integer=True)
+    if every is not None:
+        every = check_number("train.moving_average_every", every, minimum=1, integer=True)
+    if eval_all is not None and not isinstance(eval_all, bool):
+        raise invalid("train.moving_average_eval_all", eval_all, "true or false")
+    if train.get("moving_average_decay") is None:
+        return None
+    return MovingAverageSettings(
+        decays=moving_average_decay(train["moving_average_decay"]),
+        start_step=start_step or 0,
+        every=every or 1,
+        eval_all=bool(eval_all),
+    )
+
+
+ABSOLUTE_DECAY_WARNING = 1e-3
+"""``optimizer_params.weight_decay`` above this value logs a warning."""
+
+
+def _optimizer_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    value = params.get("optimizer_params")
+    return {} if value is None else _as_dict("params.optimizer_params", value)
+
+
+def _exclude_patterns(value: Any) -> tuple[str, ...]:
+    key = "params.weight_decay_exclude"
+    if not isinstance(value, (list, tuple)):
+        raise invalid(key, value, "a list of regular expressions ([] decays every weight)")
+    for pattern in value:
+        if not isinstance(pattern, str) or not pattern:
+            raise invalid(f"{key}[]", pattern, "a non-empty regular expression (a string)")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise invalid(f"{key}[]", pattern, f"a valid regular expression ({error})") from None
+    return tuple(value)
+
+
+def _has_decoupled_weight_decay(optimizer_name: Any) -> bool:
+    """Whether OpenNMT-tf's optimizer ``optimizer_name`` requires a ``weight_decay``."""
+    try:
+        cls = get_optimizer_class(optimizer_name)
+    except (ValueError, TypeError):
+        return False  # OpenNMT-tf reports an unknown optimizer itself
+    return issubclass(cls, DecoupledWeightDecayExtension)
+
+
+def weight_decay(params: Mapping[str, Any]) -> WeightDecay | None:
+    """Checks ``params.weight_decay``, ``params.weight_decay_exclude`` and
+    ``optimizer_params.weight_decay``.
+
+    ``params.weight_decay`` (lambda) decays ``w -= lr(s) * lambda * w`` at every update;
+    ``optimizer_params.weight_decay`` keeps OpenNMT-tf's meaning (TensorFlow Addons subtracts
+    ``weight_decay * w`` at every update, unscaled). Both at once are refused.
+
+    Args:
+      params: The ``params`` section of the configuration (not modified).
+
+    Returns:
+      The settings of the learning-rate-scaled decay, or ``None`` when ``params.weight_decay``
+      is not set or 0.
+
+    Raises:
+      ConfigError: naming the key whose value cannot be used, or both keys when both are set.
+    """
+    params = _as_dict("params", params)
+    optimizer_params = _optimizer_params(params)
+    scaled, absolute = params.get("weight_decay"), optimizer_params.get("weight_decay")
+    exclude = params.get("weight_decay_exclude")
+    if scaled is not None and absolute is not None:
+        raise ConfigError(
+            f"params.weight_decay ({scaled!r}) and optimizer_params.weight_decay ({absolute!r}) "
+            "are both set; keep one: params.weight_decay decays w -= lr(s) * weight_decay * w "
+            "(follows the learning rate), optimizer_params.weight_decay decays "
+            "w -= weight_decay * w at every step (TensorFlow Addons, as given)"
+        )
+    if absolute is not None:
+        check_number("optimizer_params.weight_decay", absolute, minimum=0)
+    if scaled is None:
+        if exclude is not None:
+            raise ConfigError(
+                "params.weight_decay_exclude is set but params.weight_decay is not; set "
+                "params.weight_decay (with optimizer_params.weight_decay, TensorFlow Addons "
+                "reads optimizer_params.exclude_from_weight_decay)"
+            )
+    else:
+        check_number("params.weight_decay", scaled, minimum=0)
+        if "exclude_from_weight_decay" in optimizer_params:
+            raise ConfigError(
+                "optimizer_params.exclude_from_weight_decay is set with params.weight_decay; "
+                "use params.weight_decay_exclude instead"
+            )
+    patterns = DEFAULT_EXCLUDE if exclude is None else _exclude_patterns(exclude)
+    optimizer = params.get("optimizer")
+    if not scaled and absolute is None and _has_decoupled_weight_decay(optimizer):
+        got = "none" if scaled is None else f"params.weight_decay {scaled!r}"
+        raise ConfigError(
+            f"params.optimizer {optimizer} needs a weight decay, got {got}: set "
+            "params.weight_decay > 0 (w -= lr(s) * weight_decay * w) or "
+            "optimizer_params.weight_decay (w -= weight_decay * w at every step), or use an "
+            "optimizer without weight decay (e.g. Adam)"
+        )
+    if not scaled:
+        return None
+    return WeightDecay(float(scaled), patterns, exclude_given=exclude is not None)
+
+
+def absolute_weight_decay_warning(params: Mapping[str, Any]) -> str | None:
+    """Returns the warning for ``optimizer_params.weight_decay`` above
+    :data:`ABSOLUTE_DECAY_WARNING`, which TensorFlow Addons applies unscaled at every step,
+    or ``None``. ``params`` must have passed :func:`weight_decay`."""
+    value = _optimizer_params(params).get("weight_decay")
+    if value is None or value <= ABSOLUTE_DECAY_WARNING:
+        return None
+    return (
+        f"optimizer_params.weight_decay is {value:g}: TensorFlow Addons applies it as given at "
+        f"every step, not scaled by the learning rate, w -= {value:g} * w after each update, so "
+        f"after 100 steps every decayed weight is multiplied by {(1 - value) ** 100:.2g} (before "
+        f"the gradient updates); for decay that follows the learning rate (w -= lr(s) * "
+        f"{value:g} * w, as in BERT and PyTorch's AdamW), set params.weight_decay: {value:g} "
+        "instead"
+    )

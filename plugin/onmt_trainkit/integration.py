@@ -4,11 +4,22 @@
 
 - ``opennmt.models.Model.get_optimizer``: the learning rate comes from
   :func:`onmt_trainkit.config.learning_rate_schedule` (warmup, ``max_step`` lengths, checks);
-- ``opennmt.Runner._init_model``: records ``train.max_step`` on the model for the above;
+  ``params.weight_decay`` adds the decay of :mod:`onmt_trainkit.weight_decay`;
+- ``opennmt.training.TrainingStats.log``: also writes the weight decay coefficient of the next
+  update as ``optim/weight_decay``, beside ``optim/learning_rate``;
+- ``opennmt.Runner._init_model``: records ``train.max_step`` on the model for the above, and
+  the ``train`` section for the moving average's keys;
+- ``opennmt.utils.checkpoint.Checkpoint.restore``: records which checkpoint was restored;
+- ``opennmt.Runner._finalize_config``: for training, opens the log with what the plugin does in
+  the run (:mod:`onmt_trainkit.summary`), checking the schedule before anything is built;
+- ``opennmt.runner._auto_tune_batch_size``: the batch-size trials get the run's schedule lengths
+  (a length ``max_step`` resolved against the real ``train.max_step``, not the trials' 5 steps);
 - the schedule registry entries ``NoamDecay`` (ours), ``WarmupStableDecay`` and ``Constant``;
 - ``opennmt.training.Trainer``, ``MirroredStrategyTrainer`` and ``HorovodTrainer``: the moving
-  average of :mod:`onmt_trainkit.moving_average`, updated inside the compiled training step,
-  restored exactly on resume and swapped in around every save and evaluation;
+  averages of :mod:`onmt_trainkit.moving_average`, updated inside the compiled training step,
+  restored exactly on resume (by name) and swapped in around every save and evaluation; a
+  resumed run takes the training weights from a checkpoint that holds them, whether the
+  moving average is still on or not;
 - ``opennmt.utils.checkpoint.average_checkpoints``: :mod:`onmt_trainkit.averaging`.
 
 :func:`deactivate` puts every original back.
@@ -17,22 +28,29 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
 import opennmt
 import tensorflow as tf
+from opennmt import runner as runner_module
 from opennmt import training
 from opennmt.schedules import lr_schedules
 from opennmt.utils import checkpoint as checkpoint_util
 
-from onmt_trainkit import OPENNMT_VERSION, averaging, config, schedules
+from onmt_trainkit import OPENNMT_VERSION, averaging, config, schedules, summary, weight_decay
+from onmt_trainkit import moving_average
+from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit.moving_average import MovingAverage
 
 _MAX_STEP_ATTRIBUTE = "_onmt_trainkit_max_step"
-_CHECKPOINT_KEY = "moving_average"
+_TRAIN_ATTRIBUTE = "_onmt_trainkit_train"
+_RESTORED_ATTRIBUTE = "_onmt_trainkit_restored"
+_CHECKPOINT_KEY = layout.ROOT
 
 _originals: dict[tuple[Any, str], Any] = {}
+_schedule_from_auto_config = contextvars.ContextVar("schedule_from_auto_config", default=False)
 _replaced_schedules: dict[str, Any] = {}
 
 
@@ -41,7 +59,8 @@ def check_version(version: str = opennmt.__version__) -> None:
     if not version.startswith(OPENNMT_VERSION):
         raise RuntimeError(
             f"onmt-trainkit supports OpenNMT-tf {OPENNMT_VERSION}x only, but OpenNMT-tf "
-            f"{version} is installed: install opennmt-tf==2.32.0 or stop importing onmt_trainkit"
+            f"{version} is installed: install opennmt-tf==2.32.0, or set ONMT_TRAINKIT=0 to run "
+            "stock OpenNMT-tf (pip uninstall onmt-trainkit removes the plugin)"
         )
 
 
@@ -57,9 +76,13 @@ def activate() -> None:
         return
     _replace(opennmt.models.Model, "get_optimizer", _get_optimizer)
     _replace(opennmt.Runner, "_init_model", _init_model)
+    _replace(opennmt.Runner, "_finalize_config", _finalize_config)
+    _replace(runner_module, "_auto_tune_batch_size", _auto_tune_batch_size)
     for name in ("Trainer", "MirroredStrategyTrainer", "HorovodTrainer"):
         _replace(training, name, _TRAINERS[name])
     _replace(checkpoint_util, "average_checkpoints", _average_checkpoints)
+    _replace(checkpoint_util.Checkpoint, "restore", _restore_checkpoint)
+    _replace(training.TrainingStats, "log", _log_training_stats)
     registry = lr_schedules._LR_SCHEDULES_REGISTRY._registry
     for name, cls in schedules.SCHEDULES.items():
         _replaced_schedules[name] = registry.get(name)
@@ -92,7 +115,59 @@ def _original(owner: Any, name: str) -> Any:
 def _init_model(runner: opennmt.Runner, run_config: dict) -> opennmt.models.Model:
     model = _original(opennmt.Runner, "_init_model")(runner, run_config)
     setattr(model, _MAX_STEP_ATTRIBUTE, (run_config.get("train") or {}).get("max_step"))
+    setattr(model, _TRAIN_ATTRIBUTE, dict(run_config.get("train") or {}))
     return model
+
+
+def _restore_checkpoint(
+    checkpoint: checkpoint_util.Checkpoint, checkpoint_path: str | None = None, weights_only: bool = False
+) -> str | None:
+    """Replaces ``opennmt.utils.checkpoint.Checkpoint.restore``: records on ``checkpoint``
+    which checkpoint was restored, and how, for the trainer (which restores the training
+    weights saved beside the average)."""
+    path = _original(checkpoint_util.Checkpoint, "restore")(
+        checkpoint, checkpoint_path=checkpoint_path, weights_only=weights_only
+    )
+    setattr(checkpoint, _RESTORED_ATTRIBUTE, (path, weights_only))
+    return path
+
+
+def _from_auto_config(runner: opennmt.Runner) -> bool:
+    """Whether ``decay_type`` comes from ``--auto_config`` rather than the user's YAML."""
+    return bool(runner._auto_config) and "decay_type" not in (runner._config.get("params") or {})
+
+
+def _finalize_config(
+    runner: opennmt.Runner, training: bool = False, num_replicas: int = 1, num_devices: int = 1
+) -> dict:
+    """For training, logs what the plugin does around OpenNMT-tf's parameters (first the
+    banner, then the features once the configuration is final), checking the schedule."""
+    original = _original(opennmt.Runner, "_finalize_config")
+    if not training:
+        return original(runner, training=training, num_replicas=num_replicas, num_devices=num_devices)
+    logger = tf.get_logger()
+    logger.info(summary.banner())
+    auto_config = _from_auto_config(runner)
+    token = _schedule_from_auto_config.set(auto_config)
+    try:
+        run_config = original(runner, training=True, num_replicas=num_replicas, num_devices=num_devices)
+    finally:
+        _schedule_from_auto_config.reset(token)
+    for line in summary.describe(run_config, auto_config=auto_config):
+        logger.info("onmt-trainkit: %s", line)
+    return run_config
+
+
+def _auto_tune_batch_size(run_config: dict, *args: Any, **kwargs: Any) -> int:
+    """Replaces ``opennmt.runner._auto_tune_batch_size``: the trials, which train 5 steps in
+    subprocesses with ``train.max_step: 5``, get schedule lengths resolved against the run."""
+    trial_config = dict(run_config)
+    trial_config["params"] = config.resolve_max_step(
+        run_config["params"],
+        (run_config.get("train") or {}).get("max_step"),
+        auto_config=_schedule_from_auto_config.get(),
+    )
+    return _original(runner_module, "_auto_tune_batch_size")(trial_config, *args, **kwargs)
 
 
 def _get_optimizer(model: opennmt.models.Model) -> tf.keras.optimizers.legacy.Optimizer | None:
@@ -102,10 +177,30 @@ def _get_optimizer(model: opennmt.models.Model) -> tf.keras.optimizers.legacy.Op
         return None
     max_step = getattr(model, _MAX_STEP_ATTRIBUTE, None)
     learning_rate = config.learning_rate_schedule(params, max_step=max_step)
+    optimizer_params = params.get("optimizer_params") or {}
+    decay = config.weight_decay(params)
+    if decay is not None:
+        rate = params["learning_rate"] if learning_rate is None else learning_rate
+        return weight_decay.make_optimizer(optimizer_name, rate, decay, **optimizer_params)
+    warning = config.absolute_weight_decay_warning(params)
+    if warning is not None:
+        tf.get_logger().warning(warning)
     if learning_rate is None:
         learning_rate = tf.constant(params["learning_rate"], dtype=tf.float32)
-    optimizer_params = params.get("optimizer_params") or {}
     return opennmt.optimizers.make_optimizer(optimizer_name, learning_rate, **optimizer_params)
+
+
+def _log_training_stats(stats: training.TrainingStats, is_master: bool = True) -> None:
+    """Replaces ``TrainingStats.log``: adds ``optim/weight_decay``, the coefficient c of
+    ``w -= c * w`` at the next update, logged at the step of ``optim/learning_rate``."""
+    _original(training.TrainingStats, "log")(stats, is_master)
+    coefficient = weight_decay.effective_weight_decay(stats._optimizer, stats._last_step)
+    if is_master and coefficient is not None:
+        tf.summary.scalar(
+            "optim/weight_decay",
+            coefficient,
+            description="Weight decay coefficient c of the next update: w -= c * w",
+        )
 
 
 def _average_checkpoints(
@@ -144,10 +239,12 @@ def _average_checkpoints(
 
 
 class _MovingAverageTrainer:
-    """Mixin placed in front of OpenNMT-tf's trainers: the plugin's moving average."""
+    """Mixin placed in front of OpenNMT-tf's trainers: the plugin's moving averages, and the
+    training weights restored from any checkpoint that holds them beside its average."""
 
     _moving_average: MovingAverage | None = None
     _report_steps: int = 100
+    _eval_all: bool = False
 
     def __call__(
         self,
@@ -158,13 +255,20 @@ class _MovingAverageTrainer:
         save_steps: int = 5000,
         evaluator: Any = None,
         eval_steps: int = 5000,
-        moving_average_decay: float | None = None,
+        moving_average_decay: float | list[float] | None = None,
     ) -> dict:
         self._report_steps = report_steps or 100
-        if moving_average_decay is not None:
-            decay = config.moving_average_decay(moving_average_decay)
-            if self.is_master:
-                self._start_moving_average(decay)
+        train = dict(getattr(self._model, _TRAIN_ATTRIBUTE, None) or {})
+        train["moving_average_decay"] = moving_average_decay
+        settings = config.moving_average_settings(train)
+        if settings is None and self.is_master:
+            keys = [key for key in config.MOVING_AVERAGE_KEYS if train.get(key) is not None]
+            if keys:
+                tf.get_logger().warning(
+                    "Moving average: train.%s has no effect without train.moving_average_decay", keys[0]
+                )
+        if self.is_master:
+            self._start_moving_average(settings, evaluator)
         return super().__call__(
             dataset,
             max_step=max_step,
@@ -179,60 +283,126 @@ class _MovingAverageTrainer:
     def _variable_scope(self) -> ContextManager:
         return contextlib.nullcontext()
 
-    def _start_moving_average(self, decay: float) -> None:
+    def _start_moving_average(self, settings: config.MovingAverageSettings | None, evaluator: Any) -> None:
+        """Restores the training weights if the restored checkpoint holds them (whether the
+        moving average is on or not), then starts the moving averages and restores them."""
+        logger = tf.get_logger()
+        path, weights_only = getattr(self._checkpoint, _RESTORED_ATTRIBUTE, (None, False))
+        checkpoint = moving_average.CheckpointTensors(path) if path is not None else None
+        with_training_weights = checkpoint is not None and moving_average.holds_training_weights(checkpoint.names)
+        if settings is None and not with_training_weights:
+            return
         with self._variable_scope():
             self._model.create_variables(optimizer=self._optimizer)
-            moving_average = MovingAverage(
-                self._model.trainable_variables, self._optimizer.iterations, decay=decay
+            names = moving_average.variable_names(self._model)
+            if with_training_weights:
+                count = moving_average.restore_training_weights(
+                    checkpoint,
+                    {names[v.ref()]: v for v in self._model.variables if v.ref() in names},
+                    self._model.trainable_variables,
+                )
+        if settings is None:
+            decay = layout.model_decay(checkpoint.names)
+            logger.info(
+                "Moving average: off; took the training weights of %d variables from %s, not its "
+                "model weights (the moving average%s)",
+                count, path, "" if decay is None else f" of decay {layout.decay_name(decay)}",
             )
-        logger = tf.get_logger()
+            return
+        trainable = self._model.trainable_variables
+        with self._variable_scope():
+            average = MovingAverage(
+                trainable,
+                self._optimizer.iterations,
+                decay=settings.decays,
+                start_step=settings.start_step,
+                every=settings.every,
+                names=[names[v.ref()] for v in trainable],
+            )
+            if checkpoint is not None and not weights_only:
+                for line in average.restore(checkpoint).lines():
+                    logger.info("Moving average: %s", line)
+            elif checkpoint is not None:
+                logger.info(
+                    "Moving average: took the %s weights from %s (--checkpoint_path without "
+                    "--continue_from_checkpoint: a new run); the averages start from them",
+                    "training" if with_training_weights else "model", path,
+                )
         if self._checkpoint is not None:
-            # Attaching the state to the restored checkpoint restores it (deferred restoration).
-            setattr(self._checkpoint._checkpoint, _CHECKPOINT_KEY, moving_average.state)
-            latest = self._checkpoint._checkpoint_manager.latest_checkpoint
-            if moving_average.num_updates > 0:
-                moving_average.exchange()
-                logger.info(
-                    "Moving average: restored the training weights and the average "
-                    "(%d updates) from %s",
-                    moving_average.num_updates,
-                    latest,
-                )
-            elif latest is not None:
-                logger.info(
-                    "Moving average: %s has no moving average state; the average starts "
-                    "from the current weights",
-                    latest,
-                )
-        self._moving_average = moving_average
+            setattr(self._checkpoint._checkpoint, _CHECKPOINT_KEY, average.state)
+        self._moving_average = average
+        self._eval_all = settings.eval_all
+        if settings.eval_all and evaluator is None:
+            logger.warning("Moving average: train.moving_average_eval_all needs --with_eval; nothing to evaluate")
 
     def _apply_gradients(self, sample_size: tf.Tensor) -> None:
         super()._apply_gradients(sample_size)
         if self._moving_average is not None:
             decay = self._moving_average.update()
             step = self._optimizer.iterations
-            with tf.summary.record_if(step % self._report_steps == 0):
+            report = tf.logical_and(step % self._report_steps == 0, self._moving_average.updates_at(step))
+            with tf.summary.record_if(report):
                 tf.summary.scalar(
                     "optim/moving_average_decay",
                     decay,
                     step=step,
-                    description="Effective decay of the moving average of the weights",
+                    description="Decay applied by the update of the (first) moving average of the weights",
                 )
 
-    def _swapped(self) -> ContextManager:
-        if self._moving_average is None:
-            return contextlib.nullcontext()
-        return self._moving_average.shadow_variables()
-
     def _save_checkpoint(self, step: int, moving_average: Any = None) -> None:
-        with self._swapped():
+        if self._moving_average is None or self._checkpoint is None or step == self._checkpoint.last_saved_step:
+            return super()._save_checkpoint(step)
+        with self._moving_average.shadow_variables():
             super()._save_checkpoint(step)
 
     def _evaluate(self, evaluator: Any, step: int, moving_average: Any = None) -> bool:
-        if evaluator is None:
+        if evaluator is None or self._moving_average is None:
             return super()._evaluate(evaluator, step)
-        with self._swapped():
-            return super()._evaluate(evaluator, step)
+        evaluates = self.is_master and step != evaluator.last_evaluated_step
+        with self._moving_average.shadow_variables():
+            should_stop = super()._evaluate(evaluator, step)
+        if evaluates and self._eval_all:
+            self._evaluate_each_average(evaluator, step)
+        return should_stop
+
+    def _evaluate_each_average(self, evaluator: Any, step: int) -> None:
+        """Writes the dev loss and perplexity of the training weights and of each average as
+        ``eval/raw/<metric>`` and ``eval/ema_<decay>/<metric>`` in the evaluation's event files;
+        the first decay's are those of the evaluation that just ran."""
+        average = self._moving_average
+        _, first = evaluator.metrics_history[-1]
+        results = {"raw": _dev_loss(evaluator)}
+        results[f"ema_{layout.decay_name(average.decay)}"] = {k: first[k] for k in ("loss", "perplexity")}
+        for decay in average.decays[1:]:
+            with average.shadow_variables(decay):
+                results[f"ema_{layout.decay_name(decay)}"] = _dev_loss(evaluator)
+        writer = evaluator._summary_writer
+        with writer.as_default():
+            for label, metrics in results.items():
+                for metric, value in metrics.items():
+                    tf.summary.scalar(f"eval/{label}/{metric}", value, step=step)
+        writer.flush()
+        tf.get_logger().info(
+            "Moving average: evaluation for step %d: %s",
+            step, " ; ".join(f"{label} loss = {metrics['loss']:f}" for label, metrics in results.items()),
+        )
+
+
+def _dev_loss(evaluator: Any) -> dict[str, Any]:
+    """The dev loss and perplexity of the model's current weights, computed as
+    ``opennmt.evaluation.Evaluator`` does, without scorers, recording or export."""
+    loss_num = loss_den = 0
+    for batch in evaluator._dataset:
+        features, labels = evaluator._model.split_features_labels(batch)
+        loss, _ = evaluator._eval_fn(features, labels)
+        if isinstance(loss, tuple):
+            loss_num += loss[0]
+            loss_den += loss[1]
+        else:
+            loss_num += loss
+            loss_den += 1
+    loss = loss_num / loss_den
+    return {"loss": loss.numpy(), "perplexity": tf.math.exp(loss).numpy()}
 
 
 class Trainer(_MovingAverageTrainer, training.Trainer):

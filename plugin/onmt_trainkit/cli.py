@@ -128,6 +128,11 @@ def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_step", type=int, help="Last step to plot (default: train.max_step).")
     parser.add_argument("--output", help="Picture to write (.png, .svg, .pdf).")
     parser.add_argument("--csv", help="CSV to write: a step column and one column per curve.")
+    parser.add_argument("--weight_decay", action="store_true",
+                        help="Also give the weight decay c(s) of each step's update, w -= c(s) * w "
+                             "(lr(s) * params.weight_decay, or optimizer_params.weight_decay as "
+                             "given): a second panel below the learning rate, and a "
+                             "'<curve> weight_decay' column after each curve's in the CSV.")
     args = parser.parse_args(argv)
     if args.output is None and args.csv is None:
         parser.error("give --output and/or --csv")
@@ -141,9 +146,9 @@ def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
     try:
         curves = [plotting.curve_from_files(paths, args.max_step) for paths in args.config]
         if args.csv:
-            plotting.write_csv(curves, args.csv)
+            plotting.write_csv(curves, args.csv, weight_decay=args.weight_decay)
         if args.output:
-            plotting.plot(curves, args.output)
+            plotting.plot(curves, args.output, weight_decay=args.weight_decay)
     except (ConfigError, OSError, ValueError) as error:
         _fail(parser.prog, str(error).splitlines()[0])
     for path in (args.csv, args.output):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import tool
+from conftest import ROOT, tool
 from experiments import g2p, runner
 from experiments.g2p_data import closest, cmudict_path, edit_distance, error_rates, read_lexicon, split_words
 from onmt_trainkit import averaging, config, schedules
@@ -220,3 +223,20 @@ def test_a_lexicon_too_small_for_the_budget_is_refused(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (f"experiment: error: --corpus {small}: 150 words cannot give 100 test and "
                                      "100 dev words and leave some to train on")
+
+
+@pytest.mark.parametrize("budget, published", [("peak", "g2p-peak"), ("full", "g2p")])
+def test_the_committed_g2p_results_are_those_of_their_command(tmp_path, budget, published):
+    # `--task g2p --budget BUDGET` accepts (and would resume) the committed results: same settings,
+    # the full table's peak the one its committed peak search chose.
+    saved = os.path.join(ROOT, "experiments", published, "results.json")
+    if not os.path.exists(saved):
+        pytest.skip(f"experiments/{published} holds no results yet (its runs are going)")
+    shutil.copyfile(saved, tmp_path / "results.json")
+    settings = g2p.Settings(**g2p.BUDGETS[budget])
+    if budget == "full":
+        with open(g2p.PEAK_SEARCH, encoding="utf-8") as search:
+            settings = dataclasses.replace(settings, peak=g2p.chosen_peak(json.load(search)))
+    work = g2p.Experiment(str(tmp_path), settings)
+    names = {f"{r.name}-seed{seed}" for r in g2p.recipes(settings) for seed in settings.seeds}
+    assert work.results["scores"] and set(work.results["scores"]) <= names

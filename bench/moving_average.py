@@ -85,10 +85,10 @@ def in_process_costs(paths) -> dict[str, dict[str, float]]:
     return results
 
 
-def update_costs_by_decay_count(paths, counts=(1, 2, 3), rounds=3) -> tuple[dict[int, float], int]:
-    """Median seconds of one compiled update of the plugin's averages of Transformer base's
-    variables, for each number K of decays, interleaved over ``rounds``; and the bytes of
-    the averaged weights."""
+def update_costs_by_decay_count(paths, counts=(1, 2, 3), calls=60) -> tuple[dict[str, dict[int, list[float]]], int]:
+    """Wall and processor seconds of each compiled update of the plugin's averages of
+    Transformer base's variables, for each number K of decays, the K values taking turns call
+    by call; and the bytes of the averaged weights."""
     import opennmt
     import tensorflow as tf
 
@@ -101,28 +101,33 @@ def update_costs_by_decay_count(paths, counts=(1, 2, 3), rounds=3) -> tuple[dict
     decays = (0.9999, 0.999, 0.99)
     updates = {count: tf.function(MovingAverage(model.trainable_variables, step, decay=decays[:count]).update)
                for count in counts}
-    timings: dict[int, list[float]] = {count: [] for count in counts}
-    for _ in range(rounds):
+    for update in updates.values():  # compile, and the first update (a copy)
+        update()
+    step.assign(2)
+    timings: dict[str, dict[int, list[float]]] = {"wall": {c: [] for c in counts}, "cpu": {c: [] for c in counts}}
+    for _ in range(calls):
         for count in counts:
+            wall, cpu = time.perf_counter(), time.process_time()
             updates[count]()
-            step.assign_add(1)
-            for _ in range(10):
-                start = time.perf_counter()
-                updates[count]()
-                timings[count].append(time.perf_counter() - start)
+            timings["wall"][count].append(time.perf_counter() - wall)
+            timings["cpu"][count].append(time.process_time() - cpu)
     size = sum(v.shape.num_elements() * v.dtype.size for v in model.trainable_variables)
-    return {count: statistics.median(values) for count, values in timings.items()}, size
+    return timings, size
 
 
 def print_decay_counts(paths) -> None:
-    costs, size = update_costs_by_decay_count(paths)
+    timings, size = update_costs_by_decay_count(paths)
+    rows = {
+        "wall, best": {c: min(v) for c, v in timings["wall"].items()},
+        "wall, median": {c: statistics.median(v) for c, v in timings["wall"].items()},
+        "processor, median": {c: statistics.median(v) for c, v in timings["cpu"].items()},
+    }
     print(f"\nThe plugin's update of Transformer base ({size / 2**20:.0f} MiB of weights) for K decays, "
-          "compiled, median of 30 interleaved calls:")
-    print(f"{'K':>2}{'one update':>12}{'/ K=1':>8}{'bytes moved':>14}{'/ K=1':>8}{'limit K x K=1':>15}")
-    for count, seconds in costs.items():
-        moved = (1 + 2 * count) * size  # read w once and each average, write each average
-        print(f"{count:>2}{seconds * 1000:>9.1f} ms{seconds / costs[1]:>8.2f}{moved / 2**20:>10.0f} MiB"
-              f"{moved / (3 * size):>8.2f}{count:>15.2f}")
+          f"compiled, {len(timings['wall'][1])} calls each, K values taking turns (ms, and / K=1):")
+    print(f"{'':<19}" + "".join(f"{f'K={c}':>18}" for c in timings["wall"]))
+    for label, values in rows.items():
+        print(f"{label:<19}" + "".join(f"{values[c] * 1000:>10.1f} ({values[c] / values[1]:.2f})" for c in values))
+    print("bound: K decays cost at most K times one decay (processor time is the least disturbed by other load)")
 
 
 def main() -> int:

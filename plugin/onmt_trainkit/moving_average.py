@@ -245,9 +245,9 @@ def _tree(names: Sequence[str], variables: Sequence[tf.Variable]) -> _Node:
     return root
 
 
-# The update of a group of variables for all decays: each weight is read once. Compiled with
-# XLA, it is one pass over memory (read w and the K averages, write the averages) instead of
-# three per average; the update is bound by memory bandwidth.
+# The update of a group of variables for all decays. Compiled with XLA, each average's update
+# is one loop over memory (read w and a, write a) instead of three: K decays cost K times one
+# decay's memory traffic, and the update is bound by memory bandwidth.
 def _move_towards(
     averages: Sequence[Sequence[tf.Variable]],
     variables: Sequence[tf.Variable],
@@ -273,7 +273,7 @@ class MovingAverage:
     ``opennmt.training.MovingAverage`` (``update()``, ``shadow_variables()``).
 
     See the module docstring for the update. For variables created outside a distribution
-    strategy, the update of all decays is compiled with XLA into one pass over memory. For a
+    strategy, the update is compiled with XLA: one pass over memory per average. For a
     run that creates the average after its first step, as OpenNMT-tf does, the values are
     those of ``opennmt.training.MovingAverage``. The state (the averages and their numbers of
     updates) is the trackable :attr:`state`, saved under the variables' own names.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import opennmt
@@ -26,6 +28,8 @@ def test_import_activates_and_deactivate_restores_stock_opennmt():
         assert not integration.is_active()
         assert opennmt.training.Trainer.__module__ == "opennmt.training"
         assert opennmt.models.Model.get_optimizer.__module__ == "opennmt.models.model"
+        assert opennmt.Runner._finalize_config.__module__ == "opennmt.runner"
+        assert opennmt.runner._auto_tune_batch_size.__module__ == "opennmt.runner"
         assert lr_schedules.get_lr_schedule_class("NoamDecay") is stock_noam
         with pytest.raises(ValueError, match="Unknown learning rate schedule: WarmupStableDecay"):
             lr_schedules.get_lr_schedule_class("WarmupStableDecay")
@@ -37,7 +41,8 @@ def test_import_activates_and_deactivate_restores_stock_opennmt():
 def test_other_opennmt_versions_are_refused():
     integration.check_version("2.32.0")
     with pytest.raises(RuntimeError, match=r"onmt-trainkit supports OpenNMT-tf 2\.32\.x only, but "
-                                           r"OpenNMT-tf 2\.31\.0 is installed: install opennmt-tf==2\.32\.0"):
+                                           r"OpenNMT-tf 2\.31\.0 is installed: install opennmt-tf==2\.32\.0, "
+                                           r"or set ONMT_TRAINKIT=0 to run stock OpenNMT-tf"):
         integration.check_version("2.31.0")
 
 
@@ -51,3 +56,45 @@ def test_activation_waits_for_opennmt_and_averaging_needs_no_tensorflow():
         "assert opennmt.training.Trainer is integration.Trainer\n"
     )
     run([sys.executable, "-c", code])
+
+
+def python(code: str, **env: str) -> None:
+    """Runs ``code`` in a new interpreter of this environment (start-up hook included)."""
+    variables = {k: v for k, v in os.environ.items() if k != "ONMT_TRAINKIT"}
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**variables, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
+    assert process.returncode == 0, process.stderr[-3000:]
+
+
+ACTIVE = (
+    "import opennmt, sys\n"
+    "from onmt_trainkit import integration, schedules\n"
+    "assert integration.is_active()\n"
+    "assert opennmt.training.Trainer is integration.Trainer\n"
+    "assert opennmt.schedules.lr_schedules.get_lr_schedule_class('NoamDecay') is schedules.NoamDecay\n"
+)
+
+
+@pytest.mark.parametrize("module", ["schedules", "config"])
+def test_activation_when_a_module_of_the_package_imports_opennmt_first(module):
+    """onmt_trainkit.schedules derives from OpenNMT-tf's classes: importing it first imports
+    OpenNMT-tf half-way through it, and activation waits until it is loaded."""
+    python(f"import onmt_trainkit.{module}\n" + ACTIVE)
+
+
+def test_onmt_trainkit_0_keeps_opennmt_stock_even_with_import_onmt_trainkit():
+    stock = (
+        "import sys, opennmt, onmt_trainkit\n"  # as a model file does, once OpenNMT-tf is loaded
+        "assert 'onmt_trainkit.integration' not in sys.modules\n"
+        "assert opennmt.training.Trainer.__module__ == 'opennmt.training'\n"
+        "assert opennmt.schedules.lr_schedules.get_lr_schedule_class('NoamDecay') is opennmt.schedules.NoamDecay\n"
+        "onmt_trainkit.activate()\n"  # an explicit call still activates
+    )
+    python(stock + ACTIVE, ONMT_TRAINKIT="0")
+
+
+@pytest.mark.parametrize("value,enabled", [("0", False), ("false", False), (" Off ", False), ("NO", False),
+                                           ("1", True), ("", True), ("yes", True)])
+def test_what_onmt_trainkit_values_mean(monkeypatch, value, enabled):
+    monkeypatch.setenv("ONMT_TRAINKIT", value)
+    assert onmt_trainkit.enabled() is enabled

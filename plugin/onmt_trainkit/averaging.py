@@ -8,11 +8,26 @@ that is not an optimizer slot):
 .. math:: \bar{w} = \operatorname{round}_{\text{dtype}(w)}\Big(\frac{1}{N}\sum_{i=1}^{N} w_i\Big)
 
 with the sum and the division in float64, piece by piece, so memory does not grow with N, then
-one rounding to nearest (ties to even) to the weight's own dtype. Every other tensor (step
-counter, integer tensors, optimizer slots, the moving-average state of
-:mod:`onmt_trainkit.moving_average`) comes from the newest checkpoint, so training can continue
-from the output; ``drop_optimizer`` leaves out the training state instead. How the result
-reaches its output directory, and what happens to what is already there: :mod:`onmt_trainkit.output`.
+one rounding to nearest (ties to even) to the weight's own dtype. :math:`w_i` is the weight as
+checkpoint i holds it under the requested *weights* (:mod:`onmt_trainkit.moving_average_layout`):
+``ema`` (the default) its model weights ``model/...``; ``raw`` the training weights that the
+plugin's moving average saves beside them (the model weights of a checkpoint without that
+state); ``ema:<decay>`` that decay's average. The output holds :math:`\bar{w}` under the
+model's own names, so stock OpenNMT-tf reads it as the model; with one checkpoint it is that
+checkpoint's weights, bit for bit.
+
+Every other tensor (step counter, integer tensors, optimizer slots) comes from the newest
+checkpoint, so training can continue from the output, from its model weights;
+``drop_optimizer`` leaves out the optimizer instead. The moving-average state
+(``moving_average/...``) is always left out: it holds training weights and averages that are
+not the output's model weights, and a resumed run would train from those. A run resumed from
+the output starts its moving averages from the output's weights. How the result reaches its
+output directory, and what happens to what is already there: :mod:`onmt_trainkit.output`.
+
+With ``best``, checkpoints are chosen by a metric recorded during ``--with_eval`` training:
+the model weights' (``metrics/<name>``) or, with ``train.moving_average_eval_all``, the
+training weights' and each average's (``eval/raw/<name>``, ``eval/ema_<decay>/<name>``); see
+:func:`resolve_metric`.
 """
 
 from __future__ import annotations
@@ -21,14 +36,15 @@ import os
 import queue
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from onmt_trainkit import checkpoint_state, output, storage
+from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit import protowire as pw
-from onmt_trainkit.events import read_eval_metrics
+from onmt_trainkit.events import read_scalars
 from onmt_trainkit.output import MODEL_DESCRIPTION, OutputError
 from onmt_trainkit.tensor_bundle import (
     DT_BFLOAT16,
@@ -48,7 +64,10 @@ OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 LOWER_IS_BETTER = frozenset({"loss", "perplexity", "ter", "wer", "cer"})
 """Metrics for which a lower value is better; higher is better for all others."""
 
-_TRAINING_STATE = re.compile(r"^optimizer/|/\.OPTIMIZER_SLOT/|^moving_average/")
+_MOVING_AVERAGE_STATE = re.compile(rf"^{layout.ROOT}/")
+_OPTIMIZER_STATE = re.compile(r"^optimizer/|/\.OPTIMIZER_SLOT/")
+_MODEL_METRICS = "metrics/"
+_AVERAGE_METRICS = "eval/"
 
 Progress = Callable[[int, int, int], None]
 """Called with (bytes read, bytes to read, number of checkpoints averaged)."""
@@ -92,6 +111,14 @@ class Result:
     step: int
     num_averaged: int
     bytes_read: int
+    weights: str = "ema"
+    """The weights averaged: ``raw``, ``ema`` or ``ema:<decay>`` (the decay as Python writes it)."""
+    metric: str | None = None
+    """With ``best``: the recorded metric that chose the checkpoints (see :func:`resolve_metric`)."""
+    scores: dict[int, float] = field(default_factory=dict)
+    """With ``best``: the metric of each chosen checkpoint, by step."""
+    notes: list[str] = field(default_factory=list)
+    """Sentences on how the weights were read (checkpoints without moving-average state)."""
 
 
 def checkpoint_step(prefix: str) -> int:
@@ -150,34 +177,144 @@ def _check_selection(selection: Selection) -> None:
         raise AveragingError("--checkpoints needs at least one checkpoint")
 
 
-def _best(model_dir: str, candidates: list[str], count: int, metric: str) -> list[str]:
-    history = read_eval_metrics(model_dir)
+def check_weights(weights: object) -> str:
+    """Returns ``weights`` written as :attr:`Result.weights` writes it (``ema:0.990`` as
+    ``ema:0.99``).
+
+    Raises:
+      AveragingError: unless it is ``raw``, ``ema`` or ``ema:<decay>`` with 0 < decay < 1.
+    """
+    try:
+        kind, decay = layout.parse_weights(weights)
+    except layout.LayoutError:
+        raise AveragingError(
+            f"--weights must be raw, ema or ema:<decay> with 0 < decay < 1, got {weights!r}"
+        ) from None
+    return kind if decay is None else f"{kind}:{layout.decay_name(decay)}"
+
+
+def weights_label(weights: str) -> str | None:
+    """The label under which ``train.moving_average_eval_all`` records the evaluations of
+    ``weights`` (``raw``, ``ema_<decay>``); ``None`` for ``ema``, the model weights, which
+    OpenNMT-tf's own evaluation records as ``metrics/<name>``."""
+    kind, decay = layout.parse_weights(weights)
+    if kind == layout.RAW:
+        return layout.RAW
+    return None if decay is None else f"ema_{layout.decay_name(decay)}"
+
+
+def recorded_metrics(model_dir: str) -> dict[int, dict[str, float]]:
+    """Returns ``{step: {metric: value}}`` for the evaluations recorded in ``model_dir/eval``:
+    the model weights' metrics by their name (TensorBoard's ``metrics/bleu`` as ``bleu``), the
+    training weights' and each average's with their label (``eval/raw/loss`` as ``raw/loss``,
+    ``eval/ema_0.9999/loss`` as ``ema_0.9999/loss``)."""
+    history: dict[int, dict[str, float]] = {}
+    for step, tags in read_scalars(os.path.join(model_dir, "eval")).items():
+        for tag, value in tags.items():
+            if tag.startswith(_MODEL_METRICS):
+                name = tag[len(_MODEL_METRICS):]
+            elif tag.startswith(_AVERAGE_METRICS) and tag.count("/") == 2:
+                name = tag[len(_AVERAGE_METRICS):]
+            else:
+                continue
+            history.setdefault(step, {})[name] = value
+    return history
+
+
+def resolve_metric(metric: str, weights: str, recorded: set[str], model_weights: Callable[[], bool]) -> str:
+    """Returns the name, as :func:`recorded_metrics` gives it, of the metric that ``--metric``
+    asks for.
+
+    A name without ``/`` (``loss``, ``bleu``) is the metric of the weights averaged: the model
+    weights' (``loss``) for ``ema``, ``raw/loss`` for ``raw``, ``ema_<decay>/loss`` for
+    ``ema:<decay>``; when that one was not recorded but ``weights`` are the model weights
+    (``model_weights()``: ``raw`` of a run without moving average, ``ema:<decay>`` of the
+    decay in ``model/``), the model weights' (``loss``). Any other weights' metric is named
+    in full, as TensorBoard shows it or without its ``eval/``: ``metrics/bleu`` (the model
+    weights'), ``eval/raw/loss`` or ``raw/loss``, ``eval/ema_0.9999/loss`` or
+    ``ema_0.9999/loss``.
+    """
+    if metric.startswith(_MODEL_METRICS):
+        return metric[len(_MODEL_METRICS):]
+    if metric.startswith(_AVERAGE_METRICS):
+        metric = metric[len(_AVERAGE_METRICS):]
+    if "/" in metric:
+        label, name = metric.split("/", 1)
+        if label.startswith("ema_"):
+            try:
+                label = f"ema_{layout.decay_name(float(label[4:]))}"
+            except ValueError:
+                pass
+        return f"{label}/{name}"
+    label = weights_label(weights)
+    if label is None:
+        return metric
+    qualified = f"{label}/{metric}"
+    if qualified not in recorded and model_weights():
+        return metric
+    return qualified
+
+
+def _is_model_weights(weights: str, newest: str) -> bool:
+    """Whether ``weights`` of checkpoint ``newest`` are its model weights."""
+    with CheckpointReader(newest) as reader:
+        names = set(reader.entries)
+    kind, decay = layout.parse_weights(weights)
+    if kind == layout.RAW:
+        return layout.layout(names) == layout.NONE
+    return decay is None or layout.model_decay(names) == decay
+
+
+def _best(
+    model_dir: str, candidates: list[str], count: int, metric: str, weights: str
+) -> tuple[str, list[tuple[float, str]]]:
+    history = recorded_metrics(model_dir)
     if not history:
         raise AveragingError(
             f"--best needs evaluations recorded during training, but {model_dir}/eval has none"
         )
-    known = sorted({name for metrics in history.values() for name in metrics})
-    if metric not in known:
-        raise AveragingError(
-            f"--metric {metric!r} was not recorded during training; recorded: {', '.join(known)}"
+    known = sorted({name for metrics in history.values() for name in metrics}, key=lambda n: ("/" in n, n))
+    name = resolve_metric(metric, weights, set(known), lambda: _is_model_weights(weights, candidates[-1]))
+    if name not in known:
+        asked = repr(metric) if name == metric else f"{metric!r} ({name}, for --weights {weights})"
+        hint = (
+            "; train.moving_average_eval_all: true records raw/loss and ema_<decay>/loss for each decay"
+            if "/" in name and not any("/" in n for n in known) else ""
         )
-    scored = [(history[checkpoint_step(c)][metric], c) for c in candidates
-              if metric in history.get(checkpoint_step(c), {})]
+        raise AveragingError(
+            f"--metric {asked} was not recorded during training; recorded: {', '.join(known)}{hint}"
+        )
+    scored = [(history[checkpoint_step(c)][name], c) for c in candidates
+              if name in history.get(checkpoint_step(c), {})]
     if not scored:
         raise AveragingError(
-            f"no kept checkpoint was evaluated on {metric!r} (evaluated steps: "
+            f"no kept checkpoint was evaluated on {name!r} (evaluated steps: "
             f"{', '.join(str(s) for s in sorted(history))})"
         )
-    scored.sort(key=lambda item: item[0], reverse=metric.lower() not in LOWER_IS_BETTER)
-    return [checkpoint for _, checkpoint in scored[:count]]
+    lower = name.rsplit("/", 1)[-1].lower() in LOWER_IS_BETTER
+    scored.sort(key=lambda item: item[0], reverse=not lower)
+    return name, scored[:count]
 
 
-def select_checkpoints(model_dir: str | None, selection: Selection) -> list[str]:
+def select_checkpoints(model_dir: str | None, selection: Selection, weights: str = "ema") -> list[str]:
     """Returns the checkpoint prefixes to average, oldest first.
+
+    Args:
+      model_dir: The model directory, or ``None`` with explicit checkpoints.
+      selection: Which checkpoints.
+      weights: The weights to average (``raw``, ``ema``, ``ema:<decay>``), whose metric a
+        ``best`` selection uses unless its metric names another's (:func:`resolve_metric`).
 
     Raises:
       AveragingError: if the selection is invalid or selects nothing.
     """
+    return _select(model_dir, selection, check_weights(weights))[0]
+
+
+def _select(
+    model_dir: str | None, selection: Selection, weights: str
+) -> tuple[list[str], str | None, dict[int, float]]:
+    """:func:`select_checkpoints`, with the metric that chose them and their scores."""
     _check_selection(selection)
     if selection.checkpoints is not None:
         candidates = list(selection.checkpoints)
@@ -198,11 +335,12 @@ def select_checkpoints(model_dir: str | None, selection: Selection) -> list[str]
     if selection.best is not None:
         if model_dir is None:
             raise AveragingError("--best needs --model_dir, where the evaluations are recorded")
-        chosen = _best(model_dir, candidates, selection.best, selection.metric)
-        return sorted(chosen, key=checkpoint_step)
+        metric, scored = _best(model_dir, candidates, selection.best, selection.metric, weights)
+        chosen = sorted((c for _, c in scored), key=checkpoint_step)
+        return chosen, metric, {checkpoint_step(c): value for value, c in scored}
     if selection.checkpoints is not None:
-        return candidates
-    return candidates[-selection.max_count:]
+        return candidates, None, {}
+    return candidates[-selection.max_count:], None, {}
 
 
 def is_averaged(name: str, dtype: int, model_key: str = "model") -> bool:
@@ -261,27 +399,69 @@ def _check_agreement(readers: list[CheckpointReader], model_key: str) -> list[st
     return names
 
 
-def _drop_training_state(object_graph: bytes, prefix: str) -> bytes:
-    """Removes optimizer and moving-average attributes and slot links from an object graph."""
+def _sources(
+    readers: list[CheckpointReader], names: list[str], weights: str
+) -> tuple[list[list[str]], list[str]]:
+    """For each checkpoint, the tensors that hold ``weights`` of the model weights ``names``
+    (in their order), checked against the newest checkpoint's; and the sentences to say
+    about how they were read."""
+    if weights == "ema":
+        return [names for _ in readers], []
+    newest = readers[-1]
+    sources, without_state = [], []
+    for reader in readers:
+        try:
+            mapping = layout.weight_names(reader.entries, weights)
+        except layout.LayoutError as error:
+            raise AveragingError(f"checkpoint {reader.prefix}: {error}") from None
+        if layout.layout(reader.entries) == layout.NONE:
+            without_state.append(reader.prefix)
+        chosen = [mapping.get(name, name) for name in names]
+        for name, source in zip(names, chosen):
+            expected, entry = newest.entries[name], reader.entries[source]
+            if (entry.dtype, entry.shape) != (expected.dtype, expected.shape):
+                raise AveragingError(
+                    f"checkpoint {reader.prefix} holds {source} as {entry.dtype_name} {list(entry.shape)} "
+                    f"but {name} is {expected.dtype_name} {list(expected.shape)} in {newest.prefix}"
+                )
+        sources.append(chosen)
+    notes = []
+    if without_state:
+        one = len(without_state) == 1
+        notes.append(
+            f"{', '.join(without_state)} {'holds' if one else 'hold'} no moving-average state: "
+            f"{'its' if one else 'their'} model weights are taken as the training weights"
+        )
+    return sources, notes
+
+
+def _drop_state(object_graph: bytes, prefix: str, drop_optimizer: bool) -> bytes:
+    """Removes, from an object graph, the moving-average attributes, and with
+    ``drop_optimizer`` the optimizer's attributes and the slot links."""
     try:
-        return _drop_training_state_fields(object_graph)
+        return _drop_state_fields(object_graph, drop_optimizer)
     except (pw.DecodeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {prefix} is corrupt: {OBJECT_GRAPH} does not parse") from None
 
 
-def _drop_training_state_fields(object_graph: bytes) -> bytes:
+def _dropped(name: str, drop_optimizer: bool) -> bool:
+    """Whether tensor ``name`` is left out of the output."""
+    return bool(_MOVING_AVERAGE_STATE.search(name) or (drop_optimizer and _OPTIMIZER_STATE.search(name)))
+
+
+def _drop_state_fields(object_graph: bytes, drop_optimizer: bool) -> bytes:
     nodes = []
     for number, wire_type, node in pw.fields(object_graph):
         if number == 1:
             kept = []
-            for field in pw.fields(node):
-                if field[0] == 3:  # slot_variables
+            for item in pw.fields(node):
+                if item[0] == 3 and drop_optimizer:  # slot_variables
                     continue
-                if field[0] == 2:  # attributes: SerializedTensor, checkpoint_key = 3
-                    key = pw.first(list(pw.fields(field[2])), 3, b"").decode("utf-8")
-                    if _TRAINING_STATE.search(key):
+                if item[0] == 2:  # attributes: SerializedTensor, checkpoint_key = 3
+                    key = pw.first(list(pw.fields(item[2])), 3, b"").decode("utf-8")
+                    if _dropped(key, drop_optimizer):
                         continue
-                kept.append(field)
+                kept.append(item)
             node = pw.encode(kept)
         nodes.append((number, wire_type, node))
     return pw.encode(nodes)
@@ -308,17 +488,18 @@ def _as_float(piece: memoryview, dtype: int) -> np.ndarray:
 
 
 class _PartialSums(threading.Thread):
-    """Sums, in float64, the pieces of the averaged tensors over some of the checkpoints,
-    tensor after tensor and piece after piece, and queues each sum (at most ``DEPTH``
+    """Sums, in float64, the pieces of the averaged tensors over some of the checkpoints
+    (``sources[i]``: the tensors of checkpoint i, in the order of the sums), tensor after
+    tensor and piece after piece, and queues each sum (at most ``DEPTH``
     ahead of the consumer). A failure is queued in place of the sum; :meth:`stop` ends
     the thread early."""
 
     DEPTH = 4
 
-    def __init__(self, readers: list[CheckpointReader], names: list[str], piece_bytes: int):
+    def __init__(self, readers: list[CheckpointReader], sources: list[list[str]], piece_bytes: int):
         super().__init__(daemon=True)
         self.readers = readers
-        self.names = names
+        self.sources = sources
         self.piece_bytes = piece_bytes
         self.queue: queue.Queue = queue.Queue(self.DEPTH)
         self._stopped = threading.Event()
@@ -330,9 +511,9 @@ class _PartialSums(threading.Thread):
         count = 0
         try:
             np.seterr(invalid="ignore", over="ignore")  # this thread's: inf - inf is NaN, as it should be
-            for name in self.names:
-                entry = self.readers[0].entries[name]
-                streams = [reader.pieces(name, buffer) for reader in self.readers]
+            for names in zip(*self.sources):
+                entry = self.readers[0].entries[names[0]]
+                streams = [reader.pieces(name, buffer) for reader, name in zip(self.readers, names)]
                 for start in range(0, entry.size, self.piece_bytes):
                     length = min(self.piece_bytes, entry.size - start) // NUMPY_DTYPES[entry.dtype].itemsize
                     total = totals[count % len(totals)][:length]
@@ -369,11 +550,11 @@ class _Averager:
 
     PIECE_BYTES = 1 << 19
 
-    def __init__(self, readers: list[CheckpointReader], names: list[str]):
+    def __init__(self, readers: list[CheckpointReader], sources: list[list[str]]):
         self.count = len(readers)
         self.entries = readers[-1].entries
-        halves = [readers[0::2], readers[1::2]]
-        self.threads = [_PartialSums(half, names, self.PIECE_BYTES) for half in halves if half]
+        halves = [(readers[0::2], sources[0::2]), (readers[1::2], sources[1::2])]
+        self.threads = [_PartialSums(half, tensors, self.PIECE_BYTES) for half, tensors in halves if half]
         self.output = np.empty(self.PIECE_BYTES, np.uint8)
 
     def __enter__(self) -> _Averager:
@@ -388,8 +569,9 @@ class _Averager:
             thread.join()
 
     def mean(self, name: str, on_piece: Callable[[int], None]) -> Iterator[memoryview]:
-        """Yields the stored bytes of the mean of tensor ``name``, piece by piece, each
-        overwritten by the next; the tensors must be asked for in the order of ``names``."""
+        """Yields the stored bytes of the mean of model weight ``name`` (as the newest
+        checkpoint names it), piece by piece, each overwritten by the next; the weights must be
+        asked for in the order of the sources."""
         entry = self.entries[name]
         dtype = NUMPY_DTYPES[entry.dtype]
         for _ in range(0, entry.size, self.PIECE_BYTES):
@@ -416,6 +598,7 @@ def _average_into(
     writer: CheckpointWriter,
     readers: list[CheckpointReader],
     averaged: list[str],
+    sources: list[list[str]],
     drop_optimizer: bool,
     progress: Progress | None,
 ) -> int:
@@ -438,12 +621,12 @@ def _average_into(
         entry = newest.entries[name]
         if name in averaged_set:
             writer.place(entry, entry.size)
-        elif drop_optimizer and _TRAINING_STATE.search(name):
+        elif _dropped(name, drop_optimizer):
             continue
-        elif drop_optimizer and name == OBJECT_GRAPH:
+        elif name == OBJECT_GRAPH and (drop_optimizer or any(map(_MOVING_AVERAGE_STATE.search, newest.entries))):
             if entry.dtype != DT_STRING or entry.shape != ():
                 raise CheckpointError(f"checkpoint {newest.prefix} is corrupt: {OBJECT_GRAPH} is not a string")
-            graph = _drop_training_state(decode_string_scalar(newest.raw(name)), newest.prefix)
+            graph = _drop_state(decode_string_scalar(newest.raw(name)), newest.prefix, drop_optimizer)
             data, crc = encode_string_scalar(graph)
             writer.place(entry, len(data))
             copies.append((name, [data], crc))
@@ -452,13 +635,13 @@ def _average_into(
             copies.append((name, None, entry.crc))
         placed.append(name)
     if writer.in_order:
-        _write_in_order(writer, newest, readers, averaged, placed, copies, on_piece)
+        _write_in_order(writer, newest, readers, sources, placed, copies, on_piece)
         writer.finish()
         return done
     copier = _Copier(newest, writer, copies)
     copier.start()
     try:
-        with _Averager(readers, averaged) as averager:
+        with _Averager(readers, sources) as averager:
             for name in averaged:
                 copier.check()  # its failure now rather than at the end
                 writer.write(name, averager.mean(name, on_piece))
@@ -476,7 +659,7 @@ def _write_in_order(
     writer: CheckpointWriter,
     newest: CheckpointReader,
     readers: list[CheckpointReader],
-    averaged: list[str],
+    sources: list[list[str]],
     placed: list[str],
     copies: list[tuple[str, list[bytes] | None, int]],
     on_piece: Callable[[int], None],
@@ -484,7 +667,7 @@ def _write_in_order(
     """Writes every placed tensor in place order from this thread (a remote file is appended to)."""
     copied = {name: (data, crc) for name, data, crc in copies}
     buffer = bytearray(_Averager.PIECE_BYTES)
-    with _Averager(readers, averaged) as averager:
+    with _Averager(readers, sources) as averager:
         for name in placed:
             if name in copied:
                 data, crc = copied[name]
@@ -535,8 +718,12 @@ def average_checkpoints(
     progress: Progress | None = None,
     model_key: str = "model",
     log: Log | None = None,
+    weights: str = "ema",
 ) -> Result:
     """Averages checkpoints into a model directory, written aside then moved in.
+
+    The output's model weights are the average of the requested ``weights``; it holds no
+    moving-average state (see the module docstring).
 
     Args:
       model_dir: The model directory (its ``checkpoint`` file lists the checkpoints, its
@@ -546,28 +733,39 @@ def average_checkpoints(
       selection: Which checkpoints to average.
       overwrite: Also write into an existing, non-empty ``output_dir``: the average is added to
         it as :mod:`onmt_trainkit.output` says, never losing a file that is not an average's.
-      drop_optimizer: Leave out the optimizer and moving-average state.
+      drop_optimizer: Leave out the optimizer (its step counter and slots).
       progress: Called with (bytes read, bytes to read, number of checkpoints) as reading
         goes; every checkpoint is read at the same pace, a piece of each at a time.
       model_key: The name under which the checkpoints hold the model (``model`` for OpenNMT-tf):
         the floating-point tensors under ``<model_key>/`` are averaged.
       log: Called with a sentence for each dead run's staging directory removed.
+      weights: The weights to average: ``ema`` (the checkpoints' model weights), ``raw`` (the
+        training weights, which the plugin's moving average saves beside them; the model
+        weights of a checkpoint without that state) or ``ema:<decay>`` (the average of that
+        decay; every checkpoint must hold it). Needs ``model_key`` ``model`` unless ``ema``.
 
     Returns:
       A :class:`Result`.
 
     Raises:
       AveragingError: for a request it refuses (nothing is written), such as checkpoints
-        that hold nothing to average under ``model_key``.
+        that hold nothing to average under ``model_key``, or not the requested weights.
       OutputError: for an output directory it refuses (nothing is written).
       CheckpointError: for a missing, truncated or corrupt checkpoint (nothing is written).
     """
     check_model_key(model_key)
-    checkpoints = select_checkpoints(model_dir, selection)
+    weights = check_weights(weights)
+    if weights != "ema" and model_key != "model":
+        raise AveragingError(
+            f"--weights {weights} reads the moving average of the model saved under 'model', "
+            f"not under --model_key {model_key!r}"
+        )
+    checkpoints, metric, scores = _select(model_dir, selection, weights)
     _check_output(output_dir, checkpoints, model_dir)
     readers = [CheckpointReader(prefix) for prefix in checkpoints]
     try:
         averaged = _check_agreement(readers, model_key)
+        sources, notes = _sources(readers, averaged, weights)
         newest = readers[-1]
         step = checkpoint_step(newest.prefix)
         name = f"ckpt-{step}"
@@ -582,7 +780,7 @@ def average_checkpoints(
         try:
             writer = CheckpointWriter(storage.join(staging, name), newest.header)
             try:
-                bytes_read = _average_into(writer, readers, averaged, drop_optimizer, progress)
+                bytes_read = _average_into(writer, readers, averaged, sources, drop_optimizer, progress)
             finally:
                 writer.close()
             if description is not None:
@@ -604,6 +802,10 @@ def average_checkpoints(
         step=step,
         num_averaged=len(averaged),
         bytes_read=bytes_read,
+        weights=weights,
+        metric=metric,
+        scores=scores,
+        notes=notes,
     )
 
 
@@ -614,7 +816,10 @@ __all__ = [
     "Result",
     "Selection",
     "average_checkpoints",
+    "check_weights",
     "checkpoint_step",
     "listed_checkpoints",
+    "recorded_metrics",
+    "resolve_metric",
     "select_checkpoints",
 ]

@@ -64,11 +64,21 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
                         help="Explicit checkpoint prefixes (e.g. run/ckpt-5000) instead.")
     parser.add_argument("--min_step", type=int, help="Leave out checkpoints before this step.")
     parser.add_argument("--max_step", type=int, help="Leave out checkpoints after this step.")
+    parser.add_argument("--weights", default="ema", metavar="raw|ema|ema:DECAY",
+                        help="Which weights of the checkpoints to average: ema (default: their model "
+                             "weights, the first decay's moving average in a run with one), raw (the training "
+                             "weights that the plugin saves beside them; the model weights of a checkpoint "
+                             "without moving average) or ema:DECAY (that decay's moving average). The output "
+                             "holds them as its model weights, without moving-average state.")
     parser.add_argument("--best", type=int, metavar="N",
                         help="Average the N best checkpoints by --metric instead of the last ones.")
-    parser.add_argument("--metric", help="Evaluation metric recorded during training (loss, bleu...).")
+    parser.add_argument("--metric",
+                        help="Evaluation metric recorded during training (loss, bleu...): of the --weights "
+                             "averaged (raw/loss for raw, ema_DECAY/loss for ema:DECAY, as "
+                             "train.moving_average_eval_all records them), unless named in full as "
+                             "TensorBoard shows it (metrics/bleu, eval/raw/loss...).")
     parser.add_argument("--drop_optimizer", action="store_true",
-                        help="Leave out the optimizer and moving-average state (inference only).")
+                        help="Leave out the optimizer state: step counter and slots (inference only).")
     parser.add_argument("--model_key", default="model",
                         help="Name under which the checkpoints hold the model (default: model).")
     parser.add_argument("--force", action="store_true",
@@ -106,13 +116,20 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
             progress=show_progress if sys.stderr.isatty() else None,
             model_key=args.model_key,
             log=print,
+            weights=args.weights,
         )
     except (averaging.AveragingError, averaging.OutputError, averaging.CheckpointError, OSError) as error:
         _fail(parser.prog, _one_line(error))
+    for note in result.notes:
+        print(note)
+    if result.metric is not None:
+        scores = ", ".join(f"step {step}: {value:g}" for step, value in sorted(result.scores.items()))
+        print(f"best {len(result.checkpoints)} by {result.metric} ({scores})")
     steps = ", ".join(str(averaging.checkpoint_step(c)) for c in result.checkpoints)
+    weights = "" if result.weights == "ema" else f", {result.weights}"
     print(
         f"averaged {len(result.checkpoints)} checkpoints (steps {steps}; "
-        f"{result.num_averaged} weights) into {result.checkpoint_prefix}"
+        f"{result.num_averaged} weights{weights}) into {result.checkpoint_prefix}"
     )
     return 0
 

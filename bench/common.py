@@ -48,9 +48,13 @@ def write_config(path: str, model_dir: str, paths: dict[str, str], **train) -> s
     return path
 
 
-def measure(command: list[str]) -> tuple[float, int, str]:
-    """Runs a command; returns (wall seconds, its peak resident memory in bytes, its stderr)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+def measure(command: list[str], stock: bool = False) -> tuple[float, int, str]:
+    """Runs a command; returns (wall seconds, its peak resident memory in bytes, its stderr).
+
+    With ``stock``, the command runs with ``ONMT_TRAINKIT=0``: stock OpenNMT-tf, although the
+    environment's start-up hook would activate the plugin.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore", ONMT_TRAINKIT="0" if stock else "1")
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     stderr = process.stderr.read().decode("utf-8", "replace")

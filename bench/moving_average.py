@@ -43,7 +43,8 @@ def seconds_per_step(work_dir, paths, model_key, decay, batch_size, steps, repor
     if decay is not None:
         train["moving_average_decay"] = decay
     config = write_config(os.path.join(work_dir, "train.yml"), model_dir, paths, **train)
-    _, _, log = measure([ONMT_MAIN, "--model", paths[model_key], "--config", config, "--seed", "1", "train"])
+    _, _, log = measure([ONMT_MAIN, "--model", paths[model_key], "--config", config, "--seed", "1", "train"],
+                        stock=model_key == "stock_model")
     times = {int(step): datetime.datetime.fromisoformat(stamp) for stamp, step in REPORT.findall(log)}
     return (times[steps] - times[report]).total_seconds() / (steps - report)
 

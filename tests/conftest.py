@@ -33,9 +33,10 @@ TINY_MODEL = textwrap.dedent(
 )
 
 
-def run(command: list[str], cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs a command; returns it with stdout and stderr as text."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+def run(command: list[str], cwd: str | None = None, check: bool = True, **variables: str) -> subprocess.CompletedProcess:
+    """Runs a command with ``variables`` added to the environment; returns it with stdout and
+    stderr as text."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore", **variables)
     process = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     if check and process.returncode != 0:
         raise AssertionError(
@@ -44,8 +45,10 @@ def run(command: list[str], cwd: str | None = None, check: bool = True) -> subpr
     return process
 
 
-def onmt_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([os.path.join(BIN, "onmt-main"), *args], check=check)
+def onmt_main(*args: str, check: bool = True, stock: bool = False) -> subprocess.CompletedProcess:
+    """Runs ``onmt-main``; with ``stock``, as stock OpenNMT-tf (``ONMT_TRAINKIT=0``)."""
+    variables = {"ONMT_TRAINKIT": "0"} if stock else {}
+    return run([os.path.join(BIN, "onmt-main"), *args], check=check, **variables)
 
 
 def tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

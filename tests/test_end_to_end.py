@@ -131,22 +131,33 @@ def test_logged_learning_rates_read_without_tensorflow(trained):
 
 
 def test_stock_commands_use_the_model_directory(trained, tmp_path):
+    """Stock OpenNMT-tf (the plugin turned off, as on a machine without it) uses the model
+    directory: infer, eval, export, average_checkpoints."""
     corpus = trained["corpus"]
     predictions = tmp_path / "predictions.txt"
     onmt_main("--config", trained["config"], "infer", "--features_file", corpus["test_src"],
-              "--predictions_file", str(predictions))
+              "--predictions_file", str(predictions), stock=True)
     assert len(predictions.read_text().splitlines()) == 10
-    process = onmt_main("--config", trained["config"], "eval")
+    process = onmt_main("--config", trained["config"], "eval", stock=True)
+    assert "onmt-trainkit" not in process.stderr
     # Stock eval reads the checkpoint's model weights, the average; the evaluation made
     # during training at the same step used the average too, so the losses are the same.
     during_training = re.search(r"Evaluation result for step 40: loss = ([0-9.]+)", trained["log"]).group(1)
     after = re.search(r"Evaluation result for step 40: loss = ([0-9.]+) ; perplexity = ", process.stderr).group(1)
     assert after == during_training
-    onmt_main("--config", trained["config"], "export", "--output_dir", str(tmp_path / "saved"))
+    onmt_main("--config", trained["config"], "export", "--output_dir", str(tmp_path / "saved"), stock=True)
     assert (tmp_path / "saved" / "saved_model.pb").exists()
     onmt_main("--config", trained["config"], "export", "--output_dir", str(tmp_path / "ct2"),
-              "--format", "ctranslate2")
+              "--format", "ctranslate2", stock=True)
     assert (tmp_path / "ct2" / "model.bin").exists()
+    output = tmp_path / "stock_avg"
+    onmt_main("--config", trained["config"], "average_checkpoints", "--output_dir", str(output),
+              "--max_count", "2", stock=True)
+    averaged = model_weights(str(output / "ckpt-40"))
+    inputs = [model_weights(os.path.join(trained["model_dir"], f"ckpt-{s}")) for s in (30, 40)]
+    for name, value in averaged.items():  # stock averages in float32: value / 2 + value / 2
+        expected = inputs[0][name] / np.float32(2) + inputs[1][name] / np.float32(2)
+        np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_average_last_checkpoints_at_the_end_of_training(trained):

@@ -1,68 +1,294 @@
-"""OpenNMT-tf's Horovod trainer keeps its rank-0 behaviour with the plugin's moving average.
+"""Real Horovod: two CPU processes launched by ``horovodrun --gloo`` train with the plugin.
 
-Horovod is not installed here: a single-process stand-in for ``horovod.tensorflow`` plays
-rank 0 or rank 1 of a one-process job (TensorFlow and OpenNMT-tf are real).
+Each launch runs ``onmt-main ... train --horovod --with_eval`` on a tiny Transformer with a
+warmup schedule and the moving average. Every rank gets its own ``--model_dir``
+(``rank0``, ``rank1``): rank 1 never reads nor writes its model directory (OpenNMT-tf only
+builds checkpoints, summaries and the evaluator on rank 0), so ``rank1`` must not exist
+afterwards, and anything it wrote would show there. The model file records, on each rank, the
+weights each training step computes its gradients from (the result of the previous step's
+allreduce and update), so the ranks can be compared step by step.
+
+The training file has two sentences: each rank's shard is one sentence, every batch of a rank
+is that sentence, and a resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
-import sys
+import re
+import shlex
+import signal
+import subprocess
+import time
 
-from conftest import data_config, run, write_yaml
-from test_end_to_end import VALUE, all_tensors
+import numpy as np
+import pytest
 
-HOROVOD = """
-import sys
-import tensorflow as tf
-import onmt_trainkit
+import toy_corpus
+from conftest import BIN, write_yaml
+from test_end_to_end import VALUE, all_tensors, model_weights
+
+HOROVODRUN = os.path.join(BIN, "horovodrun")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("horovod") is None or not os.path.exists(HOROVODRUN),
+    reason="Horovod is not installed (make test installs it: pip install '.[distributed]', see the Makefile)",
+)
+
+TIME_LIMIT = 300
+"""Seconds a launch may take before it is stopped as hung (one takes about a minute on 2 busy cores)."""
+
+DECAY = 0.9
+MAX_STEP = 24
+RESUME_STEP = 12
+AVERAGED = 3
+EVAL_STEPS = 8
+
+RECORDING_MODEL = """
+import faulthandler
+import json
+import os
+import signal
+
 import opennmt
-import yaml
-tf.get_logger().setLevel("INFO")
+import tensorflow as tf
+
+import onmt_trainkit
+
+faulthandler.register(signal.SIGUSR1)  # the test asks a hung rank where it is
+RECORD_DIR = os.path.join(os.environ["TRAINKIT_TEST_RECORD_DIR"], "rank" + os.environ["HOROVOD_RANK"])
 
 
-class SingleProcessHorovod:
-    Sum = "sum"
+class RecordingTransformer(opennmt.models.Transformer):
+    \"\"\"Writes, at each step, the trainable weights the gradients are computed from.\"\"\"
 
-    def __init__(self, rank):
-        self._rank = rank
-
-    def rank(self):
-        return self._rank
-
-    def size(self):
-        return 1
-
-    def broadcast_variables(self, variables, root_rank):
-        pass
-
-    def allreduce(self, value, op=None):
-        return tf.identity(value)  # a sum over one process: a copy, as Horovod returns
-
-    def broadcast_object(self, value, root_rank, name=None):
-        return value
+    def compute_gradients(self, features, labels, optimizer, **kwargs):
+        result = super().compute_gradients(features, labels, optimizer, **kwargs)
+        _describe(self)
+        # Graph operations only: the weights as one vector, in step<optimizer.iterations>.pb.
+        path = tf.strings.join([RECORD_DIR, "/step", tf.strings.as_string(optimizer.iterations), ".pb"])
+        weights = tf.concat([tf.reshape(v, [-1]) for v in self.trainable_variables], axis=0)
+        tf.io.write_file(path, tf.io.serialize_tensor(weights))
+        return result
 
 
-config = yaml.safe_load(open(sys.argv[2]))
-model = opennmt.config.load_model_from_file(sys.argv[1], as_builder=True)
-opennmt.Runner(model, config, seed=5).train(hvd=SingleProcessHorovod(int(sys.argv[3])))
+@tf.autograph.experimental.do_not_convert
+def _describe(model):
+    \"\"\"Writes variables.json: each trainable variable's checkpoint keys and shape, in order.\"\"\"
+    keys = {}
+    for key, variable in opennmt.utils.misc.get_variables_name_mapping(model, "model").items():
+        keys.setdefault(variable.ref(), []).append(key)
+    os.makedirs(RECORD_DIR, exist_ok=True)
+    with open(os.path.join(RECORD_DIR, "variables.json"), "w") as output:
+        json.dump([{"keys": keys[v.ref()], "shape": v.shape.as_list()} for v in model.trainable_variables], output)
+
+
+def model():
+    return RecordingTransformer(
+        source_inputter=opennmt.inputters.WordEmbedder(embedding_size=16),
+        target_inputter=opennmt.inputters.WordEmbedder(embedding_size=16),
+        num_layers=1, num_units=16, num_heads=2, ffn_inner_dim=32,
+        dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0,
+    )
 """
 
 
-def test_moving_average_lives_on_rank_zero(tmp_path, corpus, model_file):
-    script = tmp_path / "horovod.py"
-    script.write_text(HOROVOD)
-    for rank in (0, 1):
-        config = write_yaml(tmp_path / f"rank{rank}.yml", {
-            "model_dir": str(tmp_path / f"rank{rank}"),
-            "data": data_config(corpus),
-            "params": {"optimizer": "Adam", "learning_rate": 0.01},
-            "train": {"batch_size": 8, "batch_type": "examples", "max_step": 4, "save_checkpoints_steps": 2,
-                      "moving_average_decay": 0.9},
-        })
-        run([sys.executable, str(script), model_file, config, str(rank)])
-    tensors = all_tensors(str(tmp_path / "rank0" / "ckpt-4"))
-    assert int(tensors[f"moving_average/num_updates{VALUE}"]) == 4
-    # As in OpenNMT-tf, only rank 0 saves checkpoints (and keeps the average).
-    rank1 = tmp_path / "rank1"
-    assert not rank1.exists() or not [n for n in os.listdir(rank1) if n.startswith("ckpt-")]
+# Where the checkpoint keeps the moving average: the one place to change with its layout.
+def training_weights(tensors: dict[str, np.ndarray], keys: list[str]) -> dict[str, np.ndarray]:
+    """The training weights saved beside the average, by model key (``keys``: the trainable
+    variables' keys, in the model's order)."""
+    if any(name.startswith("moving_average/raw/") for name in tensors):
+        return {key: tensors[f"moving_average/raw/{key}"] for key in keys}
+    return {key: tensors[f"moving_average/weights/{index}{VALUE}"] for index, key in enumerate(keys)}
+
+
+def average_updates(tensors: dict[str, np.ndarray]) -> int:
+    """The number of updates applied to the average in ``model/``."""
+    (count,) = [int(value) for name, value in tensors.items()
+                if name.startswith("moving_average/") and name.endswith(f"num_updates{VALUE}")]
+    return count
+
+
+def launch(command: str, log_path: str, record_dir: str) -> str:
+    """Runs ``command`` (a shell command, with ``$HOROVOD_RANK``) as two Horovod ranks.
+
+    Returns the output of both ranks (each line prefixed ``[rank]<stream>:``). On a failure or
+    after :data:`TIME_LIMIT` seconds, stops horovodrun and every process it started, then fails.
+    """
+    import psutil  # a dependency of Horovod
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore",
+               TRAINKIT_TEST_RECORD_DIR=record_dir)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", "sh", "-c", command],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+    launcher = psutil.Process(process.pid)
+    ranks: list = []
+    try:
+        try:
+            returncode = process.wait(timeout=TIME_LIMIT)
+        except subprocess.TimeoutExpired:
+            returncode = None
+    finally:
+        if process.poll() is None:
+            ranks = launcher.children(recursive=True)
+            for rank in ranks:
+                if any("onmt-main" in part for part in rank.cmdline()):
+                    rank.send_signal(signal.SIGUSR1)  # prints its Python stack
+            time.sleep(2)
+            process.send_signal(signal.SIGINT)  # horovodrun then terminates its ranks
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for rank in ranks:
+            if rank.is_running():
+                rank.kill()
+    with open(log_path) as log:
+        output = log.read()
+    if returncode is None:
+        raise AssertionError(f"the ranks did not finish within {TIME_LIMIT} s:\n{output[-8000:]}")
+    if returncode != 0:
+        raise AssertionError(f"horovodrun exited {returncode}:\n{output[-8000:]}")
+    return output
+
+
+def rank_log(output: str, rank: int) -> str:
+    return "\n".join(line.split(":", 1)[1] for line in output.splitlines() if line.startswith(f"[{rank}]<"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted run of MAX_STEP steps, and one stopped at RESUME_STEP and resumed."""
+    root = tmp_path_factory.mktemp("horovod")
+    corpus = toy_corpus.write_corpus(str(root / "data"), num_train=2, num_test=2)
+    model_file = root / "recording_model.py"
+    model_file.write_text(RECORDING_MODEL)
+    result = {"root": root, "logs": {}}
+    for name, max_steps in (("whole", [MAX_STEP]), ("resumed", [RESUME_STEP, MAX_STEP])):
+        for max_step in max_steps:
+            config = write_yaml(root / f"{name}-{max_step}.yml", {
+                "data": {
+                    "train_features_file": corpus["train_src"], "train_labels_file": corpus["train_tgt"],
+                    "eval_features_file": corpus["test_src"], "eval_labels_file": corpus["test_tgt"],
+                    "source_vocabulary": corpus["src_vocab"], "target_vocabulary": corpus["tgt_vocab"],
+                },
+                "params": {"optimizer": "Adam", "learning_rate": 0.01, "warmup_steps": 8,
+                           "decay_type": "PolynomialDecay",
+                           "decay_params": {"decay_steps": MAX_STEP, "end_learning_rate": 0.001}},
+                "train": {"batch_size": 1, "batch_type": "examples", "max_step": max_step,
+                          "save_checkpoints_steps": 1, "keep_checkpoint_max": 100, "save_summary_steps": 6,
+                          "moving_average_decay": DECAY, "average_last_checkpoints": AVERAGED},
+                "eval": {"steps": EVAL_STEPS, "batch_size": 2},
+            })
+            command = " ".join([
+                shlex.quote(os.path.join(BIN, "onmt-main")), "--model", shlex.quote(str(model_file)),
+                "--config", shlex.quote(config),
+                "--model_dir", shlex.quote(str(root / name)) + '/rank"$HOROVOD_RANK"',
+                "--seed", "3", "train", "--horovod", "--with_eval",
+            ])
+            result["logs"][f"{name}-{max_step}"] = launch(
+                f"exec {command}", str(root / f"{name}-{max_step}.log"), str(root / f"{name}-records"))
+    return result
+
+
+def recorded(records: str, checkpoint_names) -> dict[int, dict[str, np.ndarray]]:
+    """One rank's recorded weights: {step: {model key: value}} (the weights after that step)."""
+    import tensorflow as tf
+
+    with open(os.path.join(records, "variables.json")) as variables:
+        layout = json.load(variables)
+    keys = [next(k for k in variable["keys"] if k in checkpoint_names) for variable in layout]
+    weights = {}
+    for name in os.listdir(records):
+        match = re.fullmatch(r"step(\d+)\.pb", name)
+        if match:
+            flat = tf.io.parse_tensor(tf.io.read_file(os.path.join(records, name)), tf.float32).numpy()
+            values, offset = {}, 0
+            for key, variable in zip(keys, layout):
+                size = int(np.prod(variable["shape"]))
+                values[key] = flat[offset:offset + size].reshape(variable["shape"])
+                offset += size
+            assert offset == flat.size
+            weights[int(match.group(1))] = values
+    return weights
+
+
+def checkpoint(runs, name: str, step: int) -> dict[str, np.ndarray]:
+    return all_tensors(str(runs["root"] / name / "rank0" / f"ckpt-{step}"))
+
+
+def trainable_keys(runs, name: str) -> list[str]:
+    names = set(checkpoint(runs, name, 1))
+    with open(runs["root"] / f"{name}-records" / "rank0" / "variables.json") as variables:
+        return [next(k for k in variable["keys"] if k in names) for variable in json.load(variables)]
+
+
+def test_only_rank_zero_writes_and_evaluates(runs):
+    root = runs["root"]
+    for name in ("whole", "resumed"):
+        assert not (root / name / "rank1").exists()
+        saved = sorted(int(n[5:-6]) for n in os.listdir(root / name / "rank0") if re.fullmatch(r"ckpt-\d+\.index", n))
+        assert saved == list(range(1, MAX_STEP + 1))
+    for launch_name, output in runs["logs"].items():
+        assert "Evaluation result for step" not in rank_log(output, 1), launch_name
+        assert "Saved checkpoint" not in rank_log(output, 1), launch_name
+    evaluated = re.findall(r"Evaluation result for step (\d+)", rank_log(runs["logs"][f"whole-{MAX_STEP}"], 0))
+    assert [int(step) for step in evaluated] == list(range(EVAL_STEPS, MAX_STEP + 1, EVAL_STEPS))
+    resumed = rank_log(runs["logs"][f"resumed-{MAX_STEP}"], 0)
+    assert re.search(rf"Moving average: restored the training weights.*\b{RESUME_STEP} updates", resumed)
+
+
+@pytest.mark.parametrize("name", ["whole", "resumed"])
+def test_ranks_compute_their_gradients_from_identical_weights(runs, name):
+    names = set(checkpoint(runs, name, 1))
+    records = runs["root"] / f"{name}-records"
+    rank0, rank1 = recorded(str(records / "rank0"), names), recorded(str(records / "rank1"), names)
+    # Step 0 is the initialization, before the first broadcast; the last step starts no other.
+    # A rank that starts a resumed run at step 0 has not received rank 0's state.
+    for rank, weights in enumerate((rank0, rank1)):
+        assert sorted(weights) == list(range(MAX_STEP)), f"rank {rank} recorded the steps {sorted(weights)}"
+    for step in range(1, MAX_STEP):
+        for key, value in rank0[step].items():
+            np.testing.assert_array_equal(rank1[step][key], value, err_msg=f"step {step}: {key}")
+        # What rank 0 trains on is what it saves as the training weights of that step.
+        saved = training_weights(checkpoint(runs, name, step), list(rank0[step]))
+        for key, value in saved.items():
+            np.testing.assert_array_equal(rank0[step][key], value, err_msg=f"step {step}: {key}")
+
+
+def test_checkpoints_hold_the_moving_average_of_the_training_weights(runs):
+    keys = trainable_keys(runs, "whole")
+    average = None
+    for step in range(1, MAX_STEP + 1):
+        tensors = checkpoint(runs, "whole", step)
+        weights = {k: v.astype(np.float64) for k, v in training_weights(tensors, keys).items()}
+        if average is None:
+            average = weights
+        else:
+            rate = 1 - min(DECAY, (1 + step) / (10 + step))
+            average = {k: average[k] - (average[k] - weights[k]) * rate for k in keys}
+        for key in keys:
+            np.testing.assert_allclose(tensors[key], average[key], rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+        assert average_updates(tensors) == step
+    assert any(not np.allclose(tensors[k], weights[k]) for k in keys)  # the average is not the training weights
+
+
+def test_resumed_run_equals_an_uninterrupted_one(runs):
+    for step in range(RESUME_STEP + 1, MAX_STEP + 1):
+        whole, resumed = checkpoint(runs, "whole", step), checkpoint(runs, "resumed", step)
+        assert set(whole) == set(resumed)
+        for name in set(whole) - {f"save_counter{VALUE}"}:  # save_counter counts this process's saves
+            np.testing.assert_array_equal(resumed[name], whole[name], err_msg=f"step {step}: {name}")
+
+
+def test_average_last_checkpoints_on_rank_zero(runs):
+    model_dir = runs["root"] / "whole" / "rank0"
+    averaged = model_weights(str(model_dir / "avg" / f"ckpt-{MAX_STEP}"))
+    inputs = [model_weights(str(model_dir / f"ckpt-{step}")) for step in range(MAX_STEP - AVERAGED + 1, MAX_STEP + 1)]
+    assert set(averaged) == set(inputs[0])
+    for name, value in averaged.items():
+        expected = np.mean([w[name].astype(np.float64) for w in inputs], axis=0).astype(np.float32)
+        np.testing.assert_array_equal(value, expected, err_msg=name)
+    assert f"Saved averaged checkpoint to {model_dir}/avg/ckpt-{MAX_STEP}" in rank_log(runs["logs"][f"whole-{MAX_STEP}"], 0)

@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from conftest import data_config, onmt_main, tool, write_yaml
 from onmt_trainkit import averaging
@@ -36,6 +37,17 @@ def model_names(prefix) -> list[str]:
 def tensors(prefix, names) -> dict[str, np.ndarray]:
     reader = tf.train.load_checkpoint(str(prefix))
     return {name: reader.get_tensor(name) for name in names}
+
+
+def graph_keys(prefix) -> set[str]:
+    """The tensor names that the checkpoint's object graph refers to, as TensorFlow parses it;
+    checked to be in the checkpoint, as a restore needs."""
+    reader = tf.train.load_checkpoint(str(prefix))
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    keys = {attribute.checkpoint_key for node in graph.nodes for attribute in node.attributes}
+    assert keys == set(reader.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    return keys
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +86,17 @@ def test_one_checkpoint_gives_the_weights_it_holds(run, tmp_path, weights):
         assert ours[name].dtype == np.float32
         np.testing.assert_array_equal(ours[name], held[SOURCE[weights] + name], err_msg=name)
     # The optimizer and the step of the checkpoint; no moving-average state.
-    saved = tf.train.load_checkpoint(str(output / "ckpt-100")).get_variable_to_shape_map()
+    saved = graph_keys(output / "ckpt-100")
     assert not [n for n in saved if n.startswith("moving_average/")]
     assert f"optimizer/iter{VALUE}" in saved and any(".OPTIMIZER_SLOT/optimizer/m" in n for n in saved)
+    assert saved == {n for n in graph_keys(source) if not n.startswith("moving_average/")}
+
+
+def test_without_the_optimizer(run, tmp_path):
+    output = tmp_path / "out"
+    averaging.average_checkpoints(str(run.model_dir), str(output), averaging.Selection(max_count=2),
+                                  weights="raw", drop_optimizer=True)
+    assert graph_keys(output / "ckpt-100") == set(model_names(output / "ckpt-100")) | {f"save_counter{VALUE}"}
 
 
 def test_the_weights_differ(run):

@@ -36,7 +36,9 @@ PUBLISHED = {("translation", "hour"): "de-en", ("translation", "long"): "de-en-l
 
 
 def _log(message: str) -> None:
-    print(time.strftime("%H:%M:%S ") + message, flush=True)
+    # One write per line: runs side by side log from their threads at once.
+    sys.stdout.write(time.strftime("%H:%M:%S ") + message + "\n")
+    sys.stdout.flush()
 
 
 def _count(number: int, noun: str) -> str:

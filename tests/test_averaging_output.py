@@ -235,14 +235,14 @@ def test_a_killed_run_leaves_a_staging_directory_that_the_next_run_removes(run, 
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    host = output.host_name()
+    host, namespace = output.host_name(), output.pid_namespace()
     left = [n for n in os.listdir(tmp_path) if n.startswith(".avg.")]
-    assert len(left) == 1 and left[0].startswith(f".avg.averaging-{process.pid}@{host}-"), left
+    assert len(left) == 1 and left[0].startswith(f".avg.averaging-{process.pid}.{namespace}@{host}-"), left
     assert "ckpt-500.data-00000-of-00001" in os.listdir(tmp_path / left[0])
     # A live run's staging directory (this test's process) and another
     # host's are kept; so is a directory that only looks alike.
-    live = tmp_path / f".avg.averaging-{os.getpid()}@{host}-0123abcd"
-    other_host = tmp_path / f".avg.averaging-{process.pid}@elsewhere-0123abcd"
+    live = tmp_path / f".avg.averaging-{os.getpid()}.{namespace}@{host}-0123abcd"
+    other_host = tmp_path / f".avg.averaging-{process.pid}.{namespace}@elsewhere-0123abcd"
     mine = tmp_path / ".avg.averaging-mine"
     for directory in (live, other_host, mine):
         directory.mkdir()
@@ -263,6 +263,97 @@ def test_staging_directories_are_named_after_their_process(tmp_path):
     assert os.path.dirname(staging) == str(tmp_path)
     assert match and match.group("output") == "avg" and int(match.group("pid")) == os.getpid()
     assert match.group("host") == output.host_name()
+    assert match.group("namespace") == str(os.stat("/proc/self/ns/pid").st_ino)
     assert output.remove_dead_staging(str(tmp_path / "avg")) == []  # ours: alive
     assert os.path.isdir(staging)
 
+
+
+def dead_pid() -> int:
+    """The id of a process of this namespace that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_only_this_namespace_s_dead_staging_directories_are_removed(tmp_path):
+    """Containers with host networking share the host name, not the process ids: another PID
+    namespace's directory, and an old-style one without a namespace, are kept."""
+    host, namespace = output.host_name(), output.pid_namespace()
+    pid = dead_pid()
+    dead = tmp_path / f".avg.averaging-{pid}.{namespace}@{host}-0123abcd"
+    other_namespace = tmp_path / f".avg.averaging-{pid}.{int(namespace) + 1}@{host}-0123abcd"
+    old_style = tmp_path / f".avg.averaging-{pid}@{host}-0123abcd"
+    for directory in (dead, other_namespace, old_style):
+        directory.mkdir()
+        (directory / "ckpt-1.index").write_bytes(b"partial")
+    assert output.remove_dead_staging(str(tmp_path / "avg")) == [
+        f"removed {dead}, left by process {pid} on {host}, which no longer runs"]
+    assert sorted(n for n in os.listdir(tmp_path)) == sorted([other_namespace.name, old_style.name])
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["beside-another-average", "alone"])
+def test_a_crash_while_replacing_an_average_leaves_only_complete_checkpoints_listed(
+        run, tmp_path, monkeypatch, previous):
+    """The moves of a same-step average's files are interrupted after its data file: the
+    ``checkpoint`` file lists only checkpoints that TensorFlow reads, and a new run succeeds."""
+    from onmt_trainkit import storage
+
+    model_dir, saved = run
+    output_dir = tmp_path / "avg"
+    averaging.average_checkpoints(model_dir, str(output_dir), averaging.Selection(max_count=1))
+    if previous:
+        averaging.average_checkpoints(model_dir, str(output_dir), averaging.Selection(max_count=1, max_step=400),
+                                      overwrite=True)
+    rename = storage.rename
+
+    def crash_at_the_index(source, destination):
+        if source.endswith("ckpt-500.index"):
+            raise RuntimeError("crash")
+        rename(source, destination)
+
+    monkeypatch.setattr(storage, "rename", crash_at_the_index)
+    with pytest.raises(RuntimeError, match="crash"):
+        averaging.average_checkpoints(model_dir, str(output_dir), averaging.Selection(max_count=2), overwrite=True)
+    monkeypatch.setattr(storage, "rename", rename)
+    state = tf.train.get_checkpoint_state(str(output_dir))
+    if previous:
+        assert list(state.all_model_checkpoint_paths) == [str(output_dir / "ckpt-400")]
+        for path in state.all_model_checkpoint_paths:
+            tf.train.load_checkpoint(path).get_tensor(f"model/dense{VALUE}")
+    else:
+        assert state is None and tf.train.latest_checkpoint(str(output_dir)) is None
+    with pytest.raises(tf.errors.OpError, match="Checksum does not match"):  # what was averted
+        tf.train.load_checkpoint(str(output_dir / "ckpt-500")).get_tensor(f"model/dense{VALUE}")
+
+    averaging.average_checkpoints(model_dir, str(output_dir), averaging.Selection(max_count=2), overwrite=True)
+    listed = [str(output_dir / "ckpt-400")] * previous + [str(output_dir / "ckpt-500")]
+    assert averaging.listed_checkpoints(str(output_dir)) == listed
+    value = tf.train.load_checkpoint(str(output_dir / "ckpt-500")).get_tensor(f"model/dense{VALUE}")
+    expected = ((saved[400]["dense"].astype(np.float64) + saved[500]["dense"]) / 2).astype(np.float32)
+    np.testing.assert_array_equal(value, expected)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_tool_refuses_empty_paths_and_names_an_unwritable_output(run, tmp_path, capsys):
+    from onmt_trainkit.cli import average_checkpoints_main
+
+    model_dir, _ = run
+    for args, message in [
+        (["--model_dir", model_dir, "--output_dir", ""], "--output_dir must be a non-empty path, got ''"),
+        (["--model_dir", " ", "--output_dir", str(tmp_path / "a")], "--model_dir must be a non-empty path, got ' '"),
+    ]:
+        with pytest.raises(SystemExit) as status:
+            average_checkpoints_main(args)
+        assert status.value.code == 2
+        assert capsys.readouterr().err == f"average_checkpoints: error: {message}\n"
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SystemExit) as status:
+        average_checkpoints_main(["--model_dir", model_dir, "--output_dir", str(tmp_path / "file" / "sub" / "avg")])
+    assert status.value.code == 2
+    assert capsys.readouterr().err == (
+        f"average_checkpoints: error: cannot write output directory {tmp_path / 'file' / 'sub' / 'avg'}: "
+        "Not a directory\n")
+    assert average_checkpoints_main(["--model_dir", model_dir, "--output_dir", str(tmp_path / "one"),
+                                     "--max_count", "1"]) == 0
+    assert capsys.readouterr().out.startswith("averaged 1 checkpoint (step 500; ")

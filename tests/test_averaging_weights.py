@@ -130,7 +130,7 @@ def test_stock_eval_of_the_raw_weights_gives_their_loss_during_training(run, tmp
     output = tmp_path / "raw"
     process = tool("average_checkpoints.py", "--model_dir", str(run.model_dir), "--output_dir", str(output),
                    "--weights", "raw", "--max_count", "1")
-    assert process.stdout.strip() == f"averaged 1 checkpoints (steps 100; 50 weights, raw) into {output}/ckpt-100"
+    assert process.stdout.strip() == f"averaged 1 checkpoint (step 100; 50 weights, raw) into {output}/ckpt-100"
     evaluated = onmt_main("--config", run.config_path, "--model_dir", str(output), "eval")
     recorded = tensorboard_scalars(str(run.model_dir / "eval"), "eval/raw/loss")
     assert evaluation_loss(evaluated.stderr, 100) == f"{recorded[100]:f}"
@@ -193,7 +193,7 @@ def test_best_reads_the_metrics_that_training_recorded(run, tmp_path):
     step = min(raw, key=raw.get)
     assert process.stdout.splitlines() == [
         f"best 1 by raw/loss (step {step}: {raw[step]:g})",
-        f"averaged 1 checkpoints (steps {step}; 50 weights, raw) into {output}/ckpt-{step}",
+        f"averaged 1 checkpoint (step {step}; 50 weights, raw) into {output}/ckpt-{step}",
     ]
 
 

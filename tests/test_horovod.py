@@ -14,6 +14,7 @@ is that sentence, and a resumed run sees the same batches as an uninterrupted on
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -28,6 +29,7 @@ import pytest
 
 import toy_corpus
 from conftest import BIN, write_yaml
+from onmt_trainkit import protowire
 from test_end_to_end import VALUE, all_tensors, model_weights
 
 HOROVODRUN = os.path.join(BIN, "horovodrun")
@@ -44,6 +46,8 @@ MAX_STEP = 24
 RESUME_STEP = 12
 AVERAGED = 3
 EVAL_STEPS = 8
+TENSOR_CONTENT = 4
+"""The field of TensorFlow's ``TensorProto`` that holds the values' bytes."""
 
 RECORDING_MODEL = """
 import faulthandler
@@ -116,35 +120,19 @@ def launch(command: str, log_path: str, record_dir: str) -> str:
     Returns the output of both ranks (each line prefixed ``[rank]<stream>:``). On a failure or
     after :data:`TIME_LIMIT` seconds, stops horovodrun and every process it started, then fails.
     """
-    import psutil  # a dependency of Horovod
-
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore",
                TRAINKIT_TEST_RECORD_DIR=record_dir)
     with open(log_path, "w") as log:
         process = subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", "sh", "-c", command],
                                    stdout=log, stderr=subprocess.STDOUT, env=env)
-    launcher = psutil.Process(process.pid)
-    ranks: list = []
+    returncode = None
     try:
-        try:
-            returncode = process.wait(timeout=TIME_LIMIT)
-        except subprocess.TimeoutExpired:
-            returncode = None
+        returncode = process.wait(timeout=TIME_LIMIT)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         if process.poll() is None:
-            ranks = launcher.children(recursive=True)
-            for rank in ranks:
-                if any("onmt-main" in part for part in rank.cmdline()):
-                    rank.send_signal(signal.SIGUSR1)  # prints its Python stack
-            time.sleep(2)
-            process.send_signal(signal.SIGINT)  # horovodrun then terminates its ranks
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for rank in ranks:
-            if rank.is_running():
-                rank.kill()
+            stop(process)
     with open(log_path) as log:
         output = log.read()
     if returncode is None:
@@ -152,6 +140,30 @@ def launch(command: str, log_path: str, record_dir: str) -> str:
     if returncode != 0:
         raise AssertionError(f"horovodrun exited {returncode}:\n{output[-8000:]}")
     return output
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stops horovodrun and the processes it started (its ranks run in sessions of their own),
+    after asking each rank for its Python stack."""
+    import psutil  # a dependency of Horovod
+
+    descendants = []
+    with contextlib.suppress(psutil.Error):
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            if any("onmt-main" in part for part in child.cmdline()):
+                child.send_signal(signal.SIGUSR1)  # the model file registered faulthandler for it
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)  # horovodrun terminates its ranks
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()  # psutil checks that the pid still names the same process
 
 
 def rank_log(output: str, rank: int) -> str:
@@ -179,7 +191,8 @@ def runs(tmp_path_factory):
                            "decay_params": {"decay_steps": MAX_STEP, "end_learning_rate": 0.001}},
                 "train": {"batch_size": 1, "batch_type": "examples", "max_step": max_step,
                           "save_checkpoints_steps": 1, "keep_checkpoint_max": 100, "save_summary_steps": 6,
-                          "moving_average_decay": DECAY, "average_last_checkpoints": AVERAGED},
+                          "moving_average_decay": DECAY,
+                          "average_last_checkpoints": AVERAGED if name == "whole" else 0},
                 "eval": {"steps": EVAL_STEPS, "batch_size": 2},
             })
             command = " ".join([
@@ -195,8 +208,6 @@ def runs(tmp_path_factory):
 
 def recorded(records: str, checkpoint_names) -> dict[int, dict[str, np.ndarray]]:
     """One rank's recorded weights: {step: {model key: value}} (the weights after that step)."""
-    import tensorflow as tf
-
     with open(os.path.join(records, "variables.json")) as variables:
         layout = json.load(variables)
     keys = [next(k for k in variable["keys"] if k in checkpoint_names) for variable in layout]
@@ -204,7 +215,9 @@ def recorded(records: str, checkpoint_names) -> dict[int, dict[str, np.ndarray]]
     for name in os.listdir(records):
         match = re.fullmatch(r"step(\d+)\.pb", name)
         if match:
-            flat = tf.io.parse_tensor(tf.io.read_file(os.path.join(records, name)), tf.float32).numpy()
+            with open(os.path.join(records, name), "rb") as serialized:  # a TensorProto
+                content = protowire.first(list(protowire.fields(serialized.read())), TENSOR_CONTENT)
+            flat = np.frombuffer(content, "<f4")
             values, offset = {}, 0
             for key, variable in zip(keys, layout):
                 size = int(np.prod(variable["shape"]))
@@ -232,8 +245,8 @@ def test_only_rank_zero_writes_and_evaluates(runs):
         saved = sorted(int(n[5:-6]) for n in os.listdir(root / name / "rank0") if re.fullmatch(r"ckpt-\d+\.index", n))
         assert saved == list(range(1, MAX_STEP + 1))
     for launch_name, output in runs["logs"].items():
-        assert "Evaluation result for step" not in rank_log(output, 1), launch_name
-        assert "Saved checkpoint" not in rank_log(output, 1), launch_name
+        for rank_zero_only in ("Evaluation result for step", "Saved checkpoint", "Saved averaged checkpoint"):
+            assert rank_zero_only not in rank_log(output, 1), launch_name
     evaluated = re.findall(r"Evaluation result for step (\d+)", rank_log(runs["logs"][f"whole-{MAX_STEP}"], 0))
     assert [int(step) for step in evaluated] == list(range(EVAL_STEPS, MAX_STEP + 1, EVAL_STEPS))
     resumed = rank_log(runs["logs"][f"resumed-{MAX_STEP}"], 0)

@@ -82,30 +82,36 @@ def test_onmt_main_path_reads_and_writes_remote_directories(ram):
 
 def test_tool_reads_and_writes_remote_directories(ram, tmp_path, capsys):
     saved = write_remote_run(ram)
-    # Remote to remote, with the optimizer left out; remote to local; local to remote.
-    assert average_checkpoints_main(["--model_dir", f"{ram}/run", "--output_dir", f"{ram}/avg", "--max_count", "2",
-                                     "--drop_optimizer"]) == 0
-    assert capsys.readouterr().out == f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {ram}/avg/ckpt-500\n"
-    names = tf.train.load_checkpoint(f"{ram}/avg").get_variable_to_shape_map()
+    # Remote to local, with the optimizer left out; remote to remote and local to remote in the
+    # library (the tool refuses a ram:// output, which would vanish with its process).
+    assert average_checkpoints_main(["--model_dir", f"{ram}/run", "--output_dir", str(tmp_path / "slim"),
+                                     "--max_count", "2", "--drop_optimizer"]) == 0
+    assert capsys.readouterr().out == (
+        f"averaged 2 checkpoints (steps 400, 500; 3 weights) into {tmp_path / 'slim' / 'ckpt-500'}\n")
+    names = tf.train.load_checkpoint(str(tmp_path / "slim")).get_variable_to_shape_map()
     assert not [n for n in names if n.startswith("optimizer/") or "OPTIMIZER_SLOT" in n]
+    averaging.average_checkpoints(f"{ram}/run", f"{ram}/avg", averaging.Selection(max_count=2))
+    assert_restores_the_average(f"{ram}/avg/ckpt-500", saved, [400, 500])
     assert average_checkpoints_main(["--model_dir", f"{ram}/run", "--output_dir", str(tmp_path / "local")]) == 0
     assert_restores_the_average(str(tmp_path / "local" / "ckpt-500"), saved, STEPS)
     assert (tmp_path / "local" / "model_description.py").read_text() == "model = None\n"
     local = write_run(tmp_path / "run")
-    assert average_checkpoints_main(["--model_dir", str(tmp_path / "run"), "--output_dir", f"{ram}/from_local",
-                                     "--max_count", "3"]) == 0
+    averaging.average_checkpoints(str(tmp_path / "run"), f"{ram}/from_local", averaging.Selection(max_count=3))
     assert_restores_the_average(f"{ram}/from_local/ckpt-500", local, [300, 400, 500])
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "existing"])
-def test_tool_refuses_remote_problems_in_one_line(ram, capsys, case):
+@pytest.mark.parametrize("case", ["missing", "truncated", "ram output", "unknown scheme"])
+def test_tool_refuses_remote_problems_in_one_line(ram, tmp_path, capsys, case):
     write_remote_run(ram, steps=[100, 200])
     expected = {
         "missing": f"model directory {ram}/nowhere does not exist",
         "truncated": f"checkpoint {ram}/run/ckpt-200 is truncated: ",
-        "existing": f"output directory {ram}/avg exists and is not empty (use --force to add the average to it)",
+        "ram output": f"--output_dir {ram}/avg: ram:// lives in this process's memory, so the average would "
+                      "vanish when the tool exits",
+        "unknown scheme": "nosuchfs://x/run: TensorFlow has no file system for nosuchfs:// (it has ",
     }[case]
-    model_dir = f"{ram}/nowhere" if case == "missing" else f"{ram}/run"
+    model_dir = {"missing": f"{ram}/nowhere", "unknown scheme": "nosuchfs://x/run"}.get(case, f"{ram}/run")
+    output_dir = f"{ram}/avg" if case == "ram output" else str(tmp_path / "avg")
     if case == "truncated":
         path = f"{ram}/run/ckpt-200.data-00000-of-00001"
         with gfile.GFile(path, "rb") as data:
@@ -113,22 +119,30 @@ def test_tool_refuses_remote_problems_in_one_line(ram, capsys, case):
         gfile.remove(path)  # ram:// appends to an existing file
         with gfile.GFile(path, "wb") as data:
             data.write(content[:10])
-    if case == "existing":
-        gfile.makedirs(f"{ram}/avg")
-        with gfile.GFile(f"{ram}/avg/notes.txt", "w") as notes:
-            notes.write("mine")
     with pytest.raises(SystemExit) as exit_status:
-        average_checkpoints_main(["--model_dir", model_dir, "--output_dir", f"{ram}/avg"])
+        average_checkpoints_main(["--model_dir", model_dir, "--output_dir", output_dir])
     assert exit_status.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith(f"average_checkpoints: error: {expected}"), captured.err
-    assert sorted(gfile.listdir(ram)) == (["avg", "run"] if case == "existing" else ["run"])
+    if case == "unknown scheme":
+        assert "s3:// and hdfs:// need pip install tensorflow-io)" in captured.err
+    assert sorted(gfile.listdir(ram)) == ["run"] and not os.listdir(tmp_path)
+
+
+def test_library_refuses_an_existing_remote_output(ram):
+    write_remote_run(ram, steps=[100, 200])
+    gfile.makedirs(f"{ram}/avg")
+    with gfile.GFile(f"{ram}/avg/notes.txt", "w") as notes:
+        notes.write("mine")
+    with pytest.raises(averaging.OutputError, match=f"^output directory {ram}/avg exists and is not empty"):
+        averaging.average_checkpoints(f"{ram}/run", f"{ram}/avg")
+    assert sorted(gfile.listdir(ram)) == ["avg", "run"] and gfile.listdir(f"{ram}/avg") == ["notes.txt"]
 
 
 def test_dead_staging_directories_are_removed_on_remote_file_systems(ram):
     write_remote_run(ram, steps=[100])
-    dead = f"{ram}/.avg.averaging-999999999@{output.host_name()}-0123abcd"
+    dead = f"{ram}/.avg.averaging-999999999.{output.pid_namespace()}@{output.host_name()}-0123abcd"
     gfile.makedirs(dead)
     with gfile.GFile(f"{dead}/ckpt-100.index", "wb") as partial:
         partial.write(b"partial")

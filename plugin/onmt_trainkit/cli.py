@@ -88,6 +88,13 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.model_dir is None and args.checkpoints is None:
         parser.error("give --model_dir or --checkpoints")
+    for option, value in (("--model_dir", args.model_dir), ("--output_dir", args.output_dir),
+                          *(("--checkpoints", path) for path in args.checkpoints or [])):
+        if value is not None and not value.strip():
+            parser.error(f"{option} must be a non-empty path, got {value!r}")
+    if args.output_dir.lower().startswith("ram://"):
+        parser.error(f"--output_dir {args.output_dir}: ram:// lives in this process's memory, so the average "
+                     "would vanish when the tool exits; give a directory on disk or a remote store (gs://...)")
     paths = [args.model_dir, args.output_dir, *(args.checkpoints or [])]
     if any(storage.is_remote(path) for path in paths if path is not None):
         _quiet_tensorflow()  # TensorFlow reads and writes them
@@ -127,8 +134,9 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
         print(f"best {len(result.checkpoints)} by {result.metric} ({scores})")
     steps = ", ".join(str(averaging.checkpoint_step(c)) for c in result.checkpoints)
     weights = "" if result.weights == "ema" else f", {result.weights}"
+    count = len(result.checkpoints)
     print(
-        f"averaged {len(result.checkpoints)} checkpoints (steps {steps}; "
+        f"averaged {count} checkpoint{'s' if count != 1 else ''} (step{'s' if count != 1 else ''} {steps}; "
         f"{result.num_averaged} weights{weights}) into {result.checkpoint_prefix}"
     )
     return 0

@@ -3,7 +3,11 @@
 The average is written into a *staging directory* beside the output directory (in the same
 parent, so that a rename moves it), named after the process that writes it::
 
-    .<output name>.averaging-<process id>@<host>-<8 hex digits>
+    .<output name>.averaging-<process id>.<PID namespace>@<host>-<8 hex digits>
+
+The PID namespace is the inode number of ``/proc/self/ns/pid`` (on Linux; ``0`` on systems
+without PID namespaces), so that two containers that share a host name (host networking) but
+not their process ids never take each other's process for their own.
 
 Then:
 
@@ -12,21 +16,30 @@ Then:
 - into an existing one (``--force``, and always for ``onmt-main average_checkpoints``), the
   checkpoint is *added*, as stock OpenNMT-tf adds it: its files are moved in, then the
   ``checkpoint`` file is replaced by one that lists the checkpoints it listed and the new one,
-  last (the latest). No other file is touched. A checkpoint of the same name
+  last (the latest). When a checkpoint of the same name is listed (an average replaced), the
+  ``checkpoint`` file is first replaced, atomically, by one that no longer lists it (or removed
+  if it listed nothing else), so a crash while its files are moved leaves a ``checkpoint`` file
+  that lists only complete checkpoints. No other file is touched. A checkpoint of the same name
   (``ckpt-<step>``) and ``model_description.py`` are replaced only if the directory holds
   nothing but averages (checkpoint files, ``checkpoint``, ``model_description.py``); otherwise
   the request is refused, naming the file that would be lost.
 
 A run that dies leaves its staging directory; the next run into the same parent removes the
-staging directories of this host's processes that no longer run, and says so.
+staging directories of this host's and this PID namespace's processes that no longer run, and
+says so. Other staging directories are kept: another host's or namespace's, and those whose
+name has no namespace (written before it was part of the name, or on a Linux system without
+``/proc``), since whether their process still runs cannot be known here.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import contextlib
 import secrets
 import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from onmt_trainkit import checkpoint_state, storage
@@ -36,7 +49,9 @@ MODEL_DESCRIPTION = "model_description.py"
 AVERAGE_FILE = re.compile(r"^ckpt-\d+\.(?:index|data-\d{5}-of-\d{5})$")
 """The checkpoint files that an average holds (beside ``checkpoint`` and ``model_description.py``)."""
 
-STAGING = re.compile(r"^\.(?P<output>.+)\.averaging-(?P<pid>\d+)@(?P<host>.+)-(?P<token>[0-9a-f]{8})$")
+STAGING = re.compile(
+    r"^\.(?P<output>.+)\.averaging-(?P<pid>\d+)(?:\.(?P<namespace>\d+))?@(?P<host>.+)-(?P<token>[0-9a-f]{8})$"
+)
 
 
 class OutputError(ValueError):
@@ -46,6 +61,16 @@ class OutputError(ValueError):
 def host_name() -> str:
     """Returns this machine's name as staging directories spell it."""
     return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def pid_namespace() -> str | None:
+    """Returns this process's PID namespace as staging directories spell it: the inode number
+    of ``/proc/self/ns/pid``; ``"0"`` where there are no PID namespaces (not Linux); ``None``
+    on a Linux system that does not tell (no ``/proc``)."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None if sys.platform.startswith("linux") else "0"
 
 
 def process_running(pid: int) -> bool:
@@ -62,31 +87,52 @@ def process_running(pid: int) -> bool:
 
 
 def make_staging(output_dir: str) -> str:
-    """Creates and returns a new staging directory for ``output_dir``, beside it."""
+    """Creates and returns a new staging directory for ``output_dir``, beside it.
+
+    Raises:
+      StorageError: naming ``output_dir``, if its parent cannot be written.
+    """
     parent, name = storage.split(output_dir)
-    storage.makedirs(parent)
-    while True:
-        path = storage.join(parent, f".{name}.averaging-{os.getpid()}@{host_name()}-{secrets.token_hex(4)}")
-        if storage.exists(path):
-            continue
-        try:
-            storage.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
+    namespace = pid_namespace()
+    owner = f"{os.getpid()}" if namespace is None else f"{os.getpid()}.{namespace}"
+    with writing(output_dir):
+        storage.makedirs(parent)
+        while True:
+            path = storage.join(parent, f".{name}.averaging-{owner}@{host_name()}-{secrets.token_hex(4)}")
+            if storage.exists(path):
+                continue
+            try:
+                storage.mkdir(path)
+                return path
+            except FileExistsError:
+                continue
+
+
+@contextlib.contextmanager
+def writing(output_dir: str) -> Iterator[None]:
+    """Turns a failure to write (an ``OSError``) into a :class:`storage.StorageError` that names
+    ``output_dir`` rather than the hidden staging directory beside it."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise storage.StorageError(f"cannot write output directory {output_dir}: {reason}") from error
 
 
 def remove_dead_staging(output_dir: str) -> list[str]:
-    """Removes, beside ``output_dir``, the staging directories of this host's processes that
-    no longer run; returns one sentence for each removed."""
+    """Removes, beside ``output_dir``, the staging directories of this host's and this PID
+    namespace's processes that no longer run; returns one sentence for each removed."""
     parent, _ = storage.split(output_dir)
     if not storage.isdir(parent):
         return []
     removed = []
     host = host_name()
+    namespace = pid_namespace()
     for name in storage.listdir(parent):
         match = STAGING.match(name)
         if match is None or match.group("host") != host:
+            continue
+        if namespace is None or match.group("namespace") != namespace:
             continue
         pid = int(match.group("pid"))
         path = storage.join(parent, name)
@@ -193,10 +239,17 @@ def publish(staging: str, target: Plan) -> None:
     that :func:`write_state` wrote for ``target``, maybe ``model_description.py``) into
     ``target.output_dir``, the ``checkpoint`` file last, then removes ``staging``."""
     output_dir = target.output_dir
+    with writing(output_dir):
+        _publish(staging, target)
+
+
+def _publish(staging: str, target: Plan) -> None:
+    output_dir = target.output_dir
     if target.new and not storage.is_remote(output_dir):
         storage.rename(staging, output_dir)
         return
     storage.makedirs(output_dir)
+    _unlist(staging, target)
     files = storage.listdir(staging)
     data = [f for f in files if f.startswith(f"{target.name}.data-")]
     for name in data + [f"{target.name}.index"]:
@@ -208,3 +261,20 @@ def publish(staging: str, target: Plan) -> None:
         storage.rename(storage.join(staging, MODEL_DESCRIPTION), storage.join(output_dir, MODEL_DESCRIPTION))
     storage.rename(storage.join(staging, STATE_FILE), storage.join(output_dir, STATE_FILE))
     storage.rmtree(staging)
+
+
+def _unlist(staging: str, target: Plan) -> None:
+    """If the ``checkpoint`` file of ``target.output_dir`` lists ``target.name``, replaces it
+    atomically (written into ``staging``, then renamed) by one that lists the others, or
+    removes it if there are none."""
+    name = _normalized(target.output_dir, target.name)
+    kept = [p for p in target.listed if _normalized(target.output_dir, p) != name]
+    if len(kept) == len(target.listed):
+        return
+    state = storage.join(target.output_dir, STATE_FILE)
+    if not kept:
+        storage.remove(state)
+        return
+    interim = storage.join(staging, f"{STATE_FILE}.interim")
+    storage.write(interim, checkpoint_state.format_state(kept[-1], kept[:-1]).encode())
+    storage.rename(interim, state)

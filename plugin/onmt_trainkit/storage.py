@@ -3,6 +3,9 @@
 A path with a scheme (``gs://``, ``s3://``, ``hdfs://``, ``ram://``...) is read and written with
 ``tf.io.gfile``, TensorFlow being imported only then; any other path with the operating system.
 Failures of either kind are :class:`StorageError`, an ``OSError`` whose message names the path.
+A scheme that TensorFlow has no file system for is one too (``tf.io.gfile`` would otherwise
+report such a directory as missing); ``s3://`` and ``hdfs://`` come with ``tensorflow-io``,
+imported then if installed.
 """
 
 from __future__ import annotations
@@ -37,12 +40,33 @@ def _tensorflow(path: str) -> ModuleType:
     return tf
 
 
+def _check_scheme(path: str, tf: ModuleType) -> None:
+    """Raises :class:`StorageError` if TensorFlow has no file system for the scheme of ``path``."""
+    registered = getattr(tf.io.gfile, "get_registered_schemes", None)
+    if registered is None:
+        return
+    scheme = path.split("://", 1)[0]
+    if scheme in registered():
+        return
+    try:
+        import tensorflow_io  # noqa: F401  (registers s3://, hdfs://...)
+    except ImportError:
+        pass
+    if scheme not in registered():
+        raise StorageError(
+            f"{path}: TensorFlow has no file system for {scheme}:// (it has "
+            f"{', '.join(s + '://' for s in sorted(registered()) if s)}; s3:// and hdfs:// need "
+            "pip install tensorflow-io)"
+        )
+
+
 class _Remote:
     """Runs a ``tf.io.gfile`` call, turning TensorFlow's errors into :class:`StorageError`."""
 
     def __init__(self, path: str):
         self.path = path
         self.tf = _tensorflow(path)
+        _check_scheme(path, self.tf)
         self.gfile = self.tf.io.gfile
 
     def __enter__(self) -> _Remote:

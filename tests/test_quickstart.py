@@ -79,7 +79,7 @@ def stock_run(tmp_path_factory, corpus):
 def test_the_log_opens_with_the_plugin_and_its_features(plugin_run):
     lines = [line.split("] ", 1)[-1] for line in plugin_run["log"].splitlines()]
     banner = lines.index(f"onmt-trainkit {onmt_trainkit.__version__} is active: OpenNMT-tf runs with its "
-                         "learning-rate schedules, moving average and checkpoint averaging "
+                         "learning-rate schedules, moving average, weight decay and checkpoint averaging "
                          "(ONMT_TRAINKIT=0 for stock OpenNMT-tf)")
     assert banner < lines.index("Using parameters:")
     features = [line for line in lines if line.startswith("onmt-trainkit: ")]

@@ -17,7 +17,7 @@ from opennmt.optimizers.utils import get_optimizer_class
 
 import reference as ref
 from conftest import data_config, onmt_main, run, tool, write_yaml
-from onmt_trainkit import config, weight_decay
+from onmt_trainkit import config, summary, weight_decay
 from onmt_trainkit.errors import ConfigError
 from onmt_trainkit.tensor_bundle import CheckpointReader
 from test_end_to_end import tensorboard_scalars
@@ -98,6 +98,22 @@ def test_warning_for_a_large_absolute_decay_only():
         "params.weight_decay: 0.01 instead"
     )
     assert "multiplied by 0.9 " in warning(0.00105)  # 0.99895 ** 100 = 0.9001
+
+
+def test_start_up_summary_names_the_decay_and_refuses_what_training_refuses():
+    assert "weight decay" in summary.banner()
+    params = {"optimizer": "LazyAdam", "learning_rate": 0.001, "weight_decay": 0.01}
+    assert summary.describe({"params": params})[-1] == (
+        "weight decay: w -= lr(s) * 0.01 * w (params.weight_decay), weights left out: bias, layer_norm")
+    lines = summary.describe({"params": {**params, "weight_decay_exclude": ["/bias:0$", "gamma"]}, "train": {}})
+    assert lines[-1] == "weight decay: w -= lr(s) * 0.01 * w (params.weight_decay), weights left out: /bias:0$, gamma"
+    lines = summary.describe({"params": {**params, "weight_decay_exclude": []}})
+    assert lines[-1].endswith("weights left out: none")
+    assert summary.describe({"params": {**params, "weight_decay": 0}})[-1] == "weight decay: off"
+    with pytest.raises(ConfigError, match=r"^params\.weight_decay cannot be combined with params\.optimizer LAMB: "):
+        summary.describe({"params": {**params, "optimizer": "LAMB"}})
+    with pytest.raises(ConfigError, match=r"^params\.weight_decay must be a number >= 0, got -1"):
+        summary.describe({"params": {**params, "weight_decay": -1}})
 
 
 # ---- the coefficient schedule -----------------------------------------------------------
@@ -182,6 +198,91 @@ def test_any_optimizer_gets_the_decay(name, kwargs, loss_scale):
     assert decayed.iterations.numpy() == 6
     assert not np.allclose(ours[0].numpy(), theirs[0].numpy(), atol=1e-3)  # the decay did act
     assert weight_decay.effective_weight_decay(decayed, 3) == pytest.approx(lam * reference_learning_rate(3))
+
+
+REFUSED = {
+    "LAMB": "LAMB reads a weight_decay of its own (TensorFlow Addons adds weight_decay * w to its update",
+    "NovoGrad": "NovoGrad reads a weight_decay of its own (TensorFlow Addons adds weight_decay * w to the "
+                "normalised gradient",
+    "AdaBelief": "TensorFlow Addons' AdaBelief cannot be extended with decoupled weight decay",
+    "Yogi": "TensorFlow Addons' Yogi cannot be extended with decoupled weight decay (its update takes no "
+            "apply_state); it regularises with optimizer_params.l2_regularization_strength",
+    "Ftrl": "Ftrl computes each weight from its accumulators, so a decay applied to the weight before its "
+            "step is almost entirely undone",
+}
+
+
+def optimizers_opennmt_builds() -> list[str]:
+    """Every name that ``opennmt.optimizers.make_optimizer(name, 0.1)`` turns into an optimizer
+    (with ``weight_decay=0.0`` for those that require it), found in the modules it searches."""
+    import tensorflow_addons as tfa
+    from opennmt.optimizers.utils import tf_optimizers
+    from tensorflow_addons.optimizers import DecoupledWeightDecayExtension
+
+    names = []
+    for module in (tf_optimizers, tfa.optimizers):
+        for name, cls in sorted(vars(module).items()):
+            if not (isinstance(cls, type) and issubclass(cls, tf_optimizers.Optimizer)) or name in names:
+                continue
+            extra = {"weight_decay": 0.0} if issubclass(cls, DecoupledWeightDecayExtension) else {}
+            try:
+                opennmt.optimizers.make_optimizer(name, 0.1, **extra)
+            except (TypeError, ValueError):
+                continue
+            names.append(name)
+    return names
+
+
+BUILDABLE = optimizers_opennmt_builds()
+
+
+def test_supported_and_refused_optimizers_are_all_that_opennmt_builds():
+    assert set(BUILDABLE) == set(config.SCALED_DECAY_OPTIMIZERS) | set(REFUSED)
+    assert not set(config.SCALED_DECAY_OPTIMIZERS) & set(REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_optimizers_with_their_own_decay_are_refused(name):
+    with pytest.raises(ConfigError) as error:
+        config.weight_decay({"optimizer": name, "weight_decay": 0.01})
+    message = str(error.value)
+    assert message.startswith(f"params.weight_decay cannot be combined with params.optimizer {name}: "
+                              f"{REFUSED[name]}")
+    assert message.endswith("params.weight_decay works with Adadelta, Adagrad, Adam, Adamax, AdamW, "
+                            "ConditionalGradient, LazyAdam, Nadam, ProximalAdagrad, RectifiedAdam, RMSprop, "
+                            "SGD, SGDW")
+    assert "\n" not in message
+    # 0 turns the decay off: nothing to refuse.
+    assert config.weight_decay({"optimizer": name, "weight_decay": 0}) is None
+
+
+@pytest.mark.parametrize("name", BUILDABLE)
+def test_every_optimizer_opennmt_builds_is_refused_or_decays(name):
+    """One update from w with the decay equals the stock optimizer's update from (1 - c) w,
+    c = lambda * lr (w for the excluded weights): the decay comes before the optimizer's own
+    step, whatever that step does with w."""
+    params = {"optimizer": name, "learning_rate": 0.1, "weight_decay": 0.5}
+    if name in REFUSED:
+        with pytest.raises(ConfigError, match=f"params.optimizer {name}: "):
+            config.weight_decay(params)
+        return
+    settings = config.weight_decay(params)
+    decayed = weight_decay.make_optimizer(name, 0.1, settings)
+    stock_kwargs = {"weight_decay": 0.0} if name in ("AdamW", "SGDW") else {}
+    stock = get_optimizer_class(name)(learning_rate=0.1, **stock_kwargs)
+    rng = np.random.default_rng(1)
+    ours, theirs = make_variables(rng), make_variables(rng)
+    excluded = [False, True, True, False]
+    c = 0.5 * 0.1
+    for a, b, out in zip(ours, theirs, excluded):
+        b.assign(a.numpy() if out else (1 - c) * a.numpy().astype(np.float64))
+    gradients = [tf.constant(rng.normal(size=(3, 2)).astype(np.float32)) for _ in ours]
+    before = [v.numpy() for v in ours]
+    decayed.apply_gradients(zip(gradients, ours))
+    stock.apply_gradients(zip(gradients, theirs))
+    for a, b, start in zip(ours, theirs, before):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=f"{name} {a.name}")
+        assert not np.array_equal(a.numpy(), start)
 
 
 def test_effective_weight_decay_of_other_optimizers():
@@ -364,6 +465,9 @@ def test_training_log_reports_what_decays(decayed_run):
     assert re.search(r"params\.weight_decay_exclude: the pattern 'no_such_weight' matches no weight of the model, "
                      r"so it leaves nothing out \(weights are named like '\S+embedding:0'\)", log)
     assert log.count("matches no weight") == 1
+    # attributed to the plugin's module, not to TensorFlow's control flow where it is traced
+    assert re.search(r"weight_decay\.py:\d+\] Weight decay: ", log)
+    assert re.search(r"weight_decay\.py:\d+\] params\.weight_decay_exclude: the pattern", log)
 
 
 def test_tensorboard_has_the_weight_decay_beside_the_learning_rate(decayed_run):

@@ -465,6 +465,56 @@ def _has_decoupled_weight_decay(optimizer_name: Any) -> bool:
     return issubclass(cls, DecoupledWeightDecayExtension)
 
 
+SCALED_DECAY_OPTIMIZERS = (
+    "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ConditionalGradient", "LazyAdam", "Nadam",
+    "ProximalAdagrad", "RectifiedAdam", "RMSprop", "SGD", "SGDW",
+)
+"""The optimizers OpenNMT-tf builds that take ``params.weight_decay``; the others it builds are
+refused with the reason in :data:`_NO_SCALED_DECAY`."""
+
+_NO_SCALED_DECAY = {
+    "LAMB": (
+        "LAMB reads a weight_decay of its own (TensorFlow Addons adds weight_decay * w to its "
+        "update, before the layer-wise trust ratio and the learning rate), which this decay would "
+        "replace; OpenNMT-tf cannot set it alone (optimizer_params.weight_decay also adds "
+        "TensorFlow Addons' unscaled decay)"
+    ),
+    "NovoGrad": (
+        "NovoGrad reads a weight_decay of its own (TensorFlow Addons adds weight_decay * w to the "
+        "normalised gradient, before its momentum), which this decay would replace; OpenNMT-tf "
+        "cannot set it alone (optimizer_params.weight_decay also adds TensorFlow Addons' "
+        "unscaled decay)"
+    ),
+    "AdaBelief": (
+        "TensorFlow Addons' AdaBelief cannot be extended with decoupled weight decay (its update "
+        "takes no apply_state); its own weight_decay cannot be set through OpenNMT-tf either"
+    ),
+    "Yogi": (
+        "TensorFlow Addons' Yogi cannot be extended with decoupled weight decay (its update takes "
+        "no apply_state); it regularises with optimizer_params.l2_regularization_strength"
+    ),
+    "Ftrl": (
+        "Ftrl computes each weight from its accumulators, so a decay applied to the weight before "
+        "its step is almost entirely undone; it regularises with "
+        "optimizer_params.l2_regularization_strength or l2_shrinkage_regularization_strength"
+    ),
+}
+
+
+def _check_scaled_decay_optimizer(optimizer_name: Any) -> None:
+    """Refuses ``params.weight_decay`` with an optimizer of :data:`_NO_SCALED_DECAY`."""
+    try:
+        cls = get_optimizer_class(optimizer_name)
+    except (ValueError, TypeError):
+        return  # OpenNMT-tf reports an unknown optimizer itself
+    reason = _NO_SCALED_DECAY.get(cls.__name__)
+    if reason is not None:
+        raise ConfigError(
+            f"params.weight_decay cannot be combined with params.optimizer {optimizer_name}: "
+            f"{reason}. params.weight_decay works with {', '.join(SCALED_DECAY_OPTIMIZERS)}"
+        )
+
+
 def weight_decay(params: Mapping[str, Any]) -> WeightDecay | None:
     """Checks ``params.weight_decay``, ``params.weight_decay_exclude`` and
     ``optimizer_params.weight_decay``.
@@ -481,7 +531,8 @@ def weight_decay(params: Mapping[str, Any]) -> WeightDecay | None:
       is not set or 0.
 
     Raises:
-      ConfigError: naming the key whose value cannot be used, or both keys when both are set.
+      ConfigError: naming the key whose value cannot be used, or both keys when both are set,
+        or ``params.weight_decay`` > 0 with an optimizer not in :data:`SCALED_DECAY_OPTIMIZERS`.
     """
     params = _as_dict("params", params)
     optimizer_params = _optimizer_params(params)
@@ -522,6 +573,7 @@ def weight_decay(params: Mapping[str, Any]) -> WeightDecay | None:
         )
     if not scaled:
         return None
+    _check_scaled_decay_optimizer(optimizer)
     return WeightDecay(float(scaled), patterns, exclude_given=exclude is not None)
 
 

@@ -18,7 +18,8 @@ def banner() -> str:
     """Returns the line that opens a training log: the plugin, its version and the way out."""
     return (
         f"onmt-trainkit {__version__} is active: OpenNMT-tf runs with its learning-rate schedules, "
-        "moving average and checkpoint averaging (ONMT_TRAINKIT=0 for stock OpenNMT-tf)"
+        "moving average, weight decay and checkpoint averaging (ONMT_TRAINKIT=0 for stock "
+        "OpenNMT-tf)"
     )
 
 

@@ -1,4 +1,4 @@
-r"""Decoupled weight decay that follows the learning rate, for any OpenNMT-tf optimizer.
+r"""Decoupled weight decay that follows the learning rate, for the optimizers that take it.
 
 At every update, before the optimizer's own step (Loshchilov & Hutter,
 https://arxiv.org/abs/1711.05101, as in BERT and PyTorch's ``AdamW``):
@@ -9,7 +9,9 @@ https://arxiv.org/abs/1711.05101, as in BERT and PyTorch's ``AdamW``):
 
 where :math:`\text{lr}(s)` is the learning rate the optimizer uses for that update (the
 schedule, warmup and floor included) and :math:`\lambda` is ``params.weight_decay``. Weights
-whose name matches one of the ``params.weight_decay_exclude`` patterns are left out.
+whose name matches one of the ``params.weight_decay_exclude`` patterns are left out. The
+optimizers that read a decay of their own or cannot be extended are refused by
+:func:`onmt_trainkit.config.weight_decay`.
 
 It is built on TensorFlow Addons' ``DecoupledWeightDecayExtension``, whose coefficient is here
 a schedule, :class:`LearningRateScaledDecay`, evaluated at the optimizer's ``iterations``
@@ -21,7 +23,9 @@ every update whatever the learning rate.
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Iterable, Mapping
@@ -132,17 +136,30 @@ class _ScaledDecayMixin:
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
 
+def _log(level: int, message: str, *args: Any) -> None:
+    """Logs ``message`` attributed to the caller's line (TensorFlow's logger names the first
+    frame outside the calling module, TensorFlow's control flow when the optimizer is traced)."""
+    logger = tf.get_logger()
+    if logger.isEnabledFor(level):
+        caller = sys._getframe(1)
+        code = caller.f_code
+        logger.handle(logger.makeRecord(
+            logger.name, level, code.co_filename, caller.f_lineno, message, args, None, code.co_name
+        ))
+
+
+@tf.autograph.experimental.do_not_convert
 def report(
     variables: list[tf.Variable], coefficient: float, patterns: list[str], patterns_given: bool
 ) -> None:
     """Logs how many weights decay and what each pattern leaves out; warns about a given
     pattern that matches no weight."""
-    logger = tf.get_logger()
     names = [variable_name(v) for v in variables]
     decayed = [n for n in names if not is_excluded(n, patterns)]
     matches = {p: sum(1 for n in names if re.search(p, n)) for p in patterns}
     left_out = ", ".join(f"{p!r}: {count}" for p, count in matches.items()) or "none"
-    logger.info(
+    _log(
+        logging.INFO,
         "Weight decay: w -= lr(s) * %g * w at every update for %d of %d weights; "
         "left out by params.weight_decay_exclude: %s",
         coefficient, len(decayed), len(names), left_out,
@@ -150,7 +167,8 @@ def report(
     if patterns_given:
         for pattern, count in matches.items():
             if count == 0:
-                logger.warning(
+                _log(
+                    logging.WARNING,
                     "params.weight_decay_exclude: the pattern %r matches no weight of the model, "
                     "so it leaves nothing out (weights are named like %r)",
                     pattern, names[0] if names else "",
@@ -173,7 +191,8 @@ def make_optimizer(
     """Builds the optimizer ``name`` as OpenNMT-tf does, with learning-rate-scaled decay.
 
     Args:
-      name: An optimizer name OpenNMT-tf resolves (``Adam``, ``LazyAdam``, ``SGD``, ``AdamW``...).
+      name: An optimizer name OpenNMT-tf resolves, one of
+        :data:`onmt_trainkit.config.SCALED_DECAY_OPTIMIZERS` (``Adam``, ``LazyAdam``, ``SGD``...).
       learning_rate: The learning-rate schedule, or a constant rate.
       settings: The decay coefficient and exclusion patterns.
       **optimizer_params: The optimizer's other arguments (``params.optimizer_params``, which

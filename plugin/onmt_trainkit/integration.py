@@ -269,6 +269,7 @@ class _MovingAverageTrainer:
                 )
         if self.is_master:
             self._start_moving_average(settings, evaluator)
+        self._synchronize_replicas()
         return super().__call__(
             dataset,
             max_step=max_step,
@@ -282,6 +283,9 @@ class _MovingAverageTrainer:
 
     def _variable_scope(self) -> ContextManager:
         return contextlib.nullcontext()
+
+    def _synchronize_replicas(self) -> None:
+        """Gives every process the master's variables before the first step (one process: nothing)."""
 
     def _start_moving_average(self, settings: config.MovingAverageSettings | None, evaluator: Any) -> None:
         """Restores the training weights if the restored checkpoint holds them (whether the
@@ -418,6 +422,31 @@ class MirroredStrategyTrainer(_MovingAverageTrainer, training.MirroredStrategyTr
 
 class HorovodTrainer(_MovingAverageTrainer, training.HorovodTrainer):
     """``opennmt.training.HorovodTrainer`` with the plugin's moving average on rank 0."""
+
+    def __call__(self, dataset: Any, **kwargs: Any) -> dict:
+        # Rank 0 creates every variable (optimizer slots too) before the first step, to restore
+        # the training weights and start the moving average: every rank creates them then too.
+        self._model.create_variables(optimizer=self._optimizer)
+        return super().__call__(dataset, **kwargs)
+
+    def _synchronize_replicas(self) -> None:
+        # OpenNMT-tf broadcasts only after the first step, whose gradients would then come from
+        # each rank's own initial weights: after a resume, not the restored ones.
+        self._broadcast_variables()
+
+    def _broadcast_variables(self) -> None:
+        """Broadcasts rank 0's model variables, step and optimizer slots, in an order and under
+        names that do not depend on how each rank created them (restoring a checkpoint creates
+        the slots under other names and in another order than a first step does)."""
+        optimizer = self._optimizer
+        slots = [
+            optimizer.get_slot(variable, name)
+            for variable in self._model.trainable_variables
+            for name in optimizer.get_slot_names()
+        ]
+        for index, variable in enumerate([*self._model.variables, optimizer.iterations, *slots]):
+            value = self._hvd.broadcast(variable, root_rank=0, name=f"onmt_trainkit_broadcast_{index}")
+            variable.assign(value, read_value=False)
 
 
 _TRAINERS: dict[str, type] = {

@@ -189,7 +189,7 @@ def test_averaging_tool_output_translates_and_best_uses_recorded_bleu(trained, t
     output = tmp_path / "best"
     process = tool("average_checkpoints.py", "--model_dir", trained["model_dir"], "--output_dir", str(output),
                    "--best", "1", "--metric", "bleu")
-    assert f"(steps {best_step};" in process.stdout
+    assert f"averaged 1 checkpoint (step {best_step};" in process.stdout
     predictions = tmp_path / "predictions.txt"
     onmt_main("--config", trained["config"], "--model_dir", str(output), "infer",
               "--features_file", trained["corpus"]["test_src"], "--predictions_file", str(predictions))

@@ -79,11 +79,6 @@ class Settings:
     max_train: int | None = None
 
 
-class Pending(Exception):
-    """A result that cannot be computed yet (e.g. a tool lacks an option); the command
-    computes it when run again."""
-
-
 def read_lines(path: str) -> list[str]:
     """The lines of a UTF-8 text file, without their line ends."""
     with open(path, encoding="utf-8") as lines:
@@ -190,14 +185,6 @@ def decoding_config(work_dir: str, beam_width: int, max_length: int) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_lines(path, [yaml.safe_dump({"params": {"beam_width": beam_width, "maximum_decoding_length": max_length}})])
     return path
-
-
-def average_tool_has_weights() -> bool:
-    """Whether ``tools/average_checkpoints.py`` takes ``--weights`` (raw or moving-average
-    weights out of one run's checkpoints)."""
-    shown = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "average_checkpoints.py"), "--help"],
-                           capture_output=True, text=True, check=False)
-    return "--weights" in shown.stdout
 
 
 class Experiment:
@@ -357,11 +344,7 @@ class Experiment:
 
     def weights_dir(self, recipe: Recipe, seed: int, model_dir: str) -> str:
         """The model directory of the weights a recipe takes out of its run: the run's own
-        (its last checkpoint), or a new one that ``tools/average_checkpoints.py`` writes.
-
-        Raises:
-          Pending: for raw weights, while ``tools/average_checkpoints.py`` lacks ``--weights``.
-        """
+        (its last checkpoint), or a new one that ``tools/average_checkpoints.py`` writes."""
         if not recipe.average and recipe.weights is None:
             return model_dir
         output = os.path.join(self.work_dir, "averaged", f"{recipe.name}-seed{seed}")
@@ -369,41 +352,30 @@ class Experiment:
             averaging.average_checkpoints(model_dir, output, averaging.Selection(max_count=recipe.average),
                                           overwrite=True)
             return output
-        if not average_tool_has_weights():
-            raise Pending(f"{recipe.name}-seed{seed} waits for tools/average_checkpoints.py --weights "
-                          f"{recipe.weights}; its run's checkpoints are kept: run the same command again then")
         self.execute([sys.executable, os.path.join(ROOT, "tools", "average_checkpoints.py"), "--model_dir",
                       model_dir, "--output_dir", output, "--weights", recipe.weights, "--max_count",
                       str(max(recipe.average, 1)), "--force"], f"{recipe.name}-seed{seed}.average.log")
         return output
 
     def run(self, splits: dict[str, list], selected: list[Recipe],
-            on_task_done: Callable[[dict], None] | None = None) -> list[str]:
+            on_task_done: Callable[[dict], None] | None = None) -> None:
         """Prepares the data, then trains and scores every recipe for every seed.
 
         Each training run and the recipes that share it form one task; tasks go ``jobs``
         at a time, and ``on_task_done`` is called with the results after each. A task that
         fails does not stop the others; the first failure is raised when all are done.
-
-        Returns:
-          Why some scores are still missing (:class:`Pending`), one line each.
         """
         os.makedirs(self.work_dir, exist_ok=True)
         paths = self.prepare_data(splits)
         tasks = training_tasks(self.settings.seeds, selected)
         done = 0
-        pending: list[str] = []
 
         def run_task(seed: int, sharing: list[Recipe]) -> None:
             nonlocal done
             model_dir = self.train(sharing[0], seed, paths)
             self.after_training(sharing[0], seed, model_dir, paths)
             for recipe in sharing:
-                try:
-                    self.score(recipe, seed, model_dir, paths)
-                except Pending as waiting:
-                    with self._lock:
-                        pending.append(str(waiting))
+                self.score(recipe, seed, model_dir, paths)
             with self._lock:
                 done += 1
                 self.log(f"[{done}/{len(tasks)}] done: {', '.join(r.name for r in sharing)}, seed {seed}")
@@ -424,7 +396,6 @@ class Experiment:
             self.log(f"failed: {error}")
         if errors:
             raise errors[0]
-        return pending
 
     def stop(self) -> None:
         """Terminates the running ``onmt-main`` processes and starts no other; what they

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -55,6 +56,19 @@ def tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProce
     return run([sys.executable, os.path.join(ROOT, "tools", name), *args], check=check)
 
 
+def stopped_at(model_dir: str, step: int, destination: str) -> str:
+    """A copy of ``model_dir`` as a run stopped after saving checkpoint ``step`` leaves it."""
+    os.makedirs(destination)
+    kept = [f"ckpt-{s}" for s in range(1, step + 1)]
+    for name in os.listdir(model_dir):
+        if name.split(".")[0] in kept:
+            shutil.copy(os.path.join(model_dir, name), destination)
+    with open(os.path.join(destination, "checkpoint"), "w") as state:
+        state.write(f'model_checkpoint_path: "ckpt-{step}"\n')
+        state.writelines(f'all_model_checkpoint_paths: "{name}"\n' for name in kept)
+    return destination
+
+
 def write_yaml(path: str, content: dict) -> str:
     with open(path, "w", encoding="utf-8") as output:
         yaml.safe_dump(content, output)
@@ -95,3 +109,17 @@ def _single_example(corpus):
         with open(path, "w", encoding="utf-8") as output:
             output.write(first)
         corpus[f"one_{side}"] = path
+
+
+SLOWEST_FIRST = ("test_training.py", "test_horovod.py", "test_end_to_end.py", "test_quickstart.py", "test_g2p.py",
+                 "test_averaging_weights.py", "test_recipes.py")
+"""The files that take longest (several ``onmt-main`` runs each): started first, so that
+``pytest -n 2 --dist loadfile`` does not end on one of them while the other worker idles."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = os.path.basename(str(item.path))
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)

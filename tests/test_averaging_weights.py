@@ -137,14 +137,14 @@ def test_stock_eval_of_the_raw_weights_gives_their_loss_during_training(run, tmp
     assert recorded[100] != tensorboard_scalars(str(run.model_dir / "eval"), "metrics/loss")[100]
 
 
-def test_stock_infer_on_an_average_of_the_second_decay(run, tmp_path):
+def test_stock_eval_of_the_second_decay_gives_its_loss_during_training(run, tmp_path):
     output = tmp_path / "second"
     tool("average_checkpoints.py", "--model_dir", str(run.model_dir), "--output_dir", str(output),
-         "--weights", "ema:0.99", "--max_count", "2")
-    predictions = tmp_path / "predictions.txt"
-    onmt_main("--config", run.config_path, "--model_dir", str(output), "infer",
-              "--features_file", run.corpus["test_src"], "--predictions_file", str(predictions))
-    assert len(predictions.read_text().splitlines()) == 10
+         "--weights", "ema:0.99", "--max_count", "1")
+    evaluated = onmt_main("--config", run.config_path, "--model_dir", str(output), "eval")
+    recorded = tensorboard_scalars(str(run.model_dir / "eval"), "eval/ema_0.99/loss")
+    assert evaluation_loss(evaluated.stderr, 100) == f"{recorded[100]:f}"
+    assert recorded[100] != tensorboard_scalars(str(run.model_dir / "eval"), "metrics/loss")[100]
 
 
 def test_training_resumed_from_an_average_trains_its_weights(run, tmp_path, model_file):

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import toy_corpus
-from conftest import BIN, write_yaml
+from conftest import BIN, stopped_at, write_yaml
 from onmt_trainkit import protowire
 from test_end_to_end import VALUE, all_tensors, model_weights
 
@@ -172,37 +172,38 @@ def rank_log(output: str, rank: int) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An uninterrupted run of MAX_STEP steps, and one stopped at RESUME_STEP and resumed."""
+    """An uninterrupted run of MAX_STEP steps, and a run resumed from a copy of its checkpoints
+    up to RESUME_STEP (as a run stopped there leaves them) to MAX_STEP."""
     root = tmp_path_factory.mktemp("horovod")
     corpus = toy_corpus.write_corpus(str(root / "data"), num_train=2, num_test=2)
     model_file = root / "recording_model.py"
     model_file.write_text(RECORDING_MODEL)
     result = {"root": root, "logs": {}}
-    for name, max_steps in (("whole", [MAX_STEP]), ("resumed", [RESUME_STEP, MAX_STEP])):
-        for max_step in max_steps:
-            config = write_yaml(root / f"{name}-{max_step}.yml", {
-                "data": {
-                    "train_features_file": corpus["train_src"], "train_labels_file": corpus["train_tgt"],
-                    "eval_features_file": corpus["test_src"], "eval_labels_file": corpus["test_tgt"],
-                    "source_vocabulary": corpus["src_vocab"], "target_vocabulary": corpus["tgt_vocab"],
-                },
-                "params": {"optimizer": "Adam", "learning_rate": 0.01, "warmup_steps": 8,
-                           "decay_type": "PolynomialDecay",
-                           "decay_params": {"decay_steps": MAX_STEP, "end_learning_rate": 0.001}},
-                "train": {"batch_size": 1, "batch_type": "examples", "max_step": max_step,
-                          "save_checkpoints_steps": 1, "keep_checkpoint_max": 100, "save_summary_steps": 6,
-                          "moving_average_decay": DECAY,
-                          "average_last_checkpoints": AVERAGED if name == "whole" else 0},
-                "eval": {"steps": EVAL_STEPS, "batch_size": 2},
-            })
-            command = " ".join([
-                shlex.quote(os.path.join(BIN, "onmt-main")), "--model", shlex.quote(str(model_file)),
-                "--config", shlex.quote(config),
-                "--model_dir", shlex.quote(str(root / name)) + '/rank"$HOROVOD_RANK"',
-                "--seed", "3", "train", "--horovod", "--with_eval",
-            ])
-            result["logs"][f"{name}-{max_step}"] = launch(
-                f"exec {command}", str(root / f"{name}-{max_step}.log"), str(root / f"{name}-records"))
+    for name in ("whole", "resumed"):
+        if name == "resumed":
+            stopped_at(str(root / "whole" / "rank0"), RESUME_STEP, str(root / name / "rank0"))
+        config = write_yaml(root / f"{name}.yml", {
+            "data": {
+                "train_features_file": corpus["train_src"], "train_labels_file": corpus["train_tgt"],
+                "eval_features_file": corpus["test_src"], "eval_labels_file": corpus["test_tgt"],
+                "source_vocabulary": corpus["src_vocab"], "target_vocabulary": corpus["tgt_vocab"],
+            },
+            "params": {"optimizer": "Adam", "learning_rate": 0.01, "warmup_steps": 8,
+                       "decay_type": "PolynomialDecay",
+                       "decay_params": {"decay_steps": MAX_STEP, "end_learning_rate": 0.001}},
+            "train": {"batch_size": 1, "batch_type": "examples", "max_step": MAX_STEP,
+                      "save_checkpoints_steps": 1, "keep_checkpoint_max": 100, "save_summary_steps": 6,
+                      "moving_average_decay": DECAY,
+                      "average_last_checkpoints": AVERAGED if name == "whole" else 0},
+            "eval": {"steps": EVAL_STEPS, "batch_size": 2},
+        })
+        command = " ".join([
+            shlex.quote(os.path.join(BIN, "onmt-main")), "--model", shlex.quote(str(model_file)),
+            "--config", shlex.quote(config),
+            "--model_dir", shlex.quote(str(root / name)) + '/rank"$HOROVOD_RANK"',
+            "--seed", "3", "train", "--horovod", "--with_eval",
+        ])
+        result["logs"][name] = launch(f"exec {command}", str(root / f"{name}.log"), str(root / f"{name}-records"))
     return result
 
 
@@ -244,12 +245,12 @@ def test_only_rank_zero_writes_and_evaluates(runs):
         assert not (root / name / "rank1").exists()
         saved = sorted(int(n[5:-6]) for n in os.listdir(root / name / "rank0") if re.fullmatch(r"ckpt-\d+\.index", n))
         assert saved == list(range(1, MAX_STEP + 1))
-    for launch_name, output in runs["logs"].items():
+    for name, output in runs["logs"].items():
         for rank_zero_only in ("Evaluation result for step", "Saved checkpoint", "Saved averaged checkpoint"):
-            assert rank_zero_only not in rank_log(output, 1), launch_name
-    evaluated = re.findall(r"Evaluation result for step (\d+)", rank_log(runs["logs"][f"whole-{MAX_STEP}"], 0))
+            assert rank_zero_only not in rank_log(output, 1), name
+    evaluated = re.findall(r"Evaluation result for step (\d+)", rank_log(runs["logs"]["whole"], 0))
     assert [int(step) for step in evaluated] == list(range(EVAL_STEPS, MAX_STEP + 1, EVAL_STEPS))
-    resumed = rank_log(runs["logs"][f"resumed-{MAX_STEP}"], 0)
+    resumed = rank_log(runs["logs"]["resumed"], 0)
     assert re.search(rf"Moving average: restored the training weights.*\b{RESUME_STEP} updates", resumed)
 
 
@@ -258,11 +259,13 @@ def test_ranks_compute_their_gradients_from_identical_weights(runs, name):
     names = set(checkpoint(runs, name, 1))
     records = runs["root"] / f"{name}-records"
     rank0, rank1 = recorded(str(records / "rank0"), names), recorded(str(records / "rank1"), names)
-    # Step 0 is the initialization, before the first broadcast; the last step starts no other.
-    # A rank that starts a resumed run at step 0 has not received rank 0's state.
+    # A fresh run's step 0 is the initialization, before the first broadcast; a resumed run's
+    # first is RESUME_STEP, after it (a rank that starts it at step 0 has not received rank 0's
+    # state). The last step starts no other.
+    first = 0 if name == "whole" else RESUME_STEP
     for rank, weights in enumerate((rank0, rank1)):
-        assert sorted(weights) == list(range(MAX_STEP)), f"rank {rank} recorded the steps {sorted(weights)}"
-    for step in range(1, MAX_STEP):
+        assert sorted(weights) == list(range(first, MAX_STEP)), f"rank {rank} recorded the steps {sorted(weights)}"
+    for step in range(max(first, 1), MAX_STEP):
         for key, value in rank0[step].items():
             np.testing.assert_array_equal(rank1[step][key], value, err_msg=f"step {step}: {key}")
         # What rank 0 trains on is what it saves as the training weights of that step.
@@ -304,4 +307,4 @@ def test_average_last_checkpoints_on_rank_zero(runs):
     for name, value in averaged.items():
         expected = np.mean([w[name].astype(np.float64) for w in inputs], axis=0).astype(np.float32)
         np.testing.assert_array_equal(value, expected, err_msg=name)
-    assert f"Saved averaged checkpoint to {model_dir}/avg/ckpt-{MAX_STEP}" in rank_log(runs["logs"][f"whole-{MAX_STEP}"], 0)
+    assert f"Saved averaged checkpoint to {model_dir}/avg/ckpt-{MAX_STEP}" in rank_log(runs["logs"]["whole"], 0)

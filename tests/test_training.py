@@ -1,13 +1,15 @@
 """The moving averages in real ``onmt-main`` training: two decays with a start step and a
 period against numpy, evaluation of each average, exact resume, resume with the moving
 average turned off or from another checkpoint, by-name restore after ``freeze_layers``
-changed, onmt-trainkit 0.1.0's checkpoints, MirroredStrategy."""
+changed, onmt-trainkit 0.1.0's checkpoints, MirroredStrategy.
+
+A resumed run starts from a copy of the checkpoints that an uninterrupted run wrote up to
+its step (:func:`stopped_at`), so that both can be compared step by step."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 import types
 
@@ -16,10 +18,10 @@ import opennmt
 import pytest
 import tensorflow as tf
 
-from conftest import data_config, onmt_main, run, write_yaml
+from conftest import data_config, onmt_main, run, stopped_at, write_yaml
 from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit.events import read_scalars
-from test_end_to_end import VALUE, all_tensors, logged_rates
+from test_end_to_end import VALUE, all_tensors
 from test_moving_average import OldState, numpy_averages
 
 PARAMS = {"optimizer": "Adam", "learning_rate": 0.01, "beam_width": 1, "maximum_decoding_length": 2}
@@ -46,19 +48,6 @@ def run_config(root, corpus, name, config_name=None, params=None, **train):
 def train(model_file, config, *args, checkpoint_path=None):
     path = [] if checkpoint_path is None else ["--checkpoint_path", str(checkpoint_path)]
     return onmt_main("--model", model_file, "--config", config, "--seed", "2", *path, "train", *args)
-
-
-def stopped_at(model_dir, step, destination):
-    """A copy of ``model_dir`` as a run stopped after saving checkpoint ``step`` leaves it."""
-    os.makedirs(destination)
-    kept = [f"ckpt-{s}" for s in range(1, step + 1)]
-    for name in os.listdir(model_dir):
-        if name.split(".")[0] in kept:
-            shutil.copy(os.path.join(model_dir, name), destination)
-    with open(os.path.join(destination, "checkpoint"), "w") as state:
-        state.write(f'model_checkpoint_path: "ckpt-{step}"\n')
-        state.writelines(f'all_model_checkpoint_paths: "{name}"\n' for name in kept)
-    return destination
 
 
 def averaged_names(tensors):
@@ -120,7 +109,9 @@ def test_each_average_against_numpy(runs):
         {3: 0.0, 5: min(0.45, 6 / 15) ** 2, 7: min(0.45, 8 / 17) ** 2})
 
 
-def test_each_average_is_evaluated(runs, corpus, model_file):
+def test_each_average_is_evaluated(runs):
+    """Which weights each label evaluates; the loss of a second average by stock ``onmt-main
+    eval`` is in tests/test_averaging_weights.py."""
     ema = read_scalars(str(runs.ema / "eval"))
     base = read_scalars(str(runs.base / "eval"))
     assert sorted(ema) == [4, 8]
@@ -135,24 +126,13 @@ def test_each_average_is_evaluated(runs, corpus, model_file):
         assert metrics["eval/ema_0.25/perplexity"] == pytest.approx(np.exp(metrics["eval/ema_0.25/loss"]), rel=1e-6)
     assert ema[4]["eval/ema_0.25/loss"] == ema[4]["eval/ema_0.45/loss"]  # both the copy of step 3
     assert ema[8]["eval/raw/loss"] != ema[8]["eval/ema_0.45/loss"] != ema[8]["eval/ema_0.25/loss"]
-    # The second average's loss, by OpenNMT-tf's own evaluator on its weights.
-    model = opennmt.config.load_model_from_file(model_file)
-    model.initialize(data_config(corpus, single_example=True), params=PARAMS)
-    model.create_variables()
-    reader = tf.train.load_checkpoint(str(runs.ema / "ckpt-8"))
-    for name, variable in opennmt.utils.misc.get_variables_name_mapping(model, "model").items():
-        if reader.has_tensor(SECOND + name):
-            variable.assign(reader.get_tensor(SECOND + name))
-    evaluator = opennmt.evaluation.Evaluator(model, corpus["test_src"], corpus["test_tgt"], batch_size=10,
-                                             max_exports_to_keep=None)
-    assert ema[8]["eval/ema_0.25/loss"] == pytest.approx(float(evaluator(8)["loss"]), rel=1e-6)
     assert re.search(r"Moving average: evaluation for step 8: raw loss = [0-9.]+ ; ema_0.45 loss = [0-9.]+ ; "
                      r"ema_0.25 loss = [0-9.]+", runs.ema_log)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(runs, tmp_path, corpus, model_file):
-    train(model_file, run_config(tmp_path, corpus, "parts", "first", max_step=5, **EMA))
-    process = train(model_file, run_config(tmp_path, corpus, "parts", "second", max_step=STEPS, **EMA))
+    stopped_at(runs.ema, 5, tmp_path / "parts")
+    process = train(model_file, run_config(tmp_path, corpus, "parts", max_step=STEPS, **EMA))
     assert re.search(r"Moving average: restored the training weights and the averages \(decay 0.45: 2 updates, "
                      r"decay 0.25: 2 updates\) from \S*parts/ckpt-5\n", process.stderr)
     whole, parts = all_tensors(str(runs.ema / "ckpt-8")), all_tensors(str(tmp_path / "parts" / "ckpt-8"))
@@ -264,18 +244,6 @@ def test_bad_moving_average_decay_is_refused(tmp_path, corpus, model_file):
             "got [0.999, 0.999]") in process.stderr
 
 
-def test_worked_example_logs_the_floor(tmp_path, corpus, model_file):
-    config = write_yaml(tmp_path / "noam.yml", {
-        "model_dir": str(tmp_path / "run"),
-        "data": data_config(corpus),
-        "params": {"optimizer": "Adam", "learning_rate": 2, "decay_type": "NoamDecay",
-                   "decay_params": {"model_dim": 4, "warmup_steps": 8000}, "minimum_learning_rate": 0.0001},
-        "train": {"batch_size": 8, "batch_type": "examples", "max_step": 2, "save_summary_steps": 1},
-    })
-    process = onmt_main("--model", model_file, "--config", config, "train")
-    assert logged_rates(process.stderr)[1] == "0.000100"
-
-
 MIRRORED = """
 import sys
 import tensorflow as tf
@@ -296,19 +264,18 @@ runner.train(num_devices=2)
 """
 
 
-def test_mirrored_strategy_with_two_devices(tmp_path, corpus, model_file):
+def test_mirrored_strategy_with_two_devices(runs, tmp_path, corpus, model_file):
+    """The run with two decays, stopped at step 5, resumed on two replicas to step 8."""
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED)
-    for max_step in (6, 12):
-        config = run_config(tmp_path, corpus, "run", f"up_to_{max_step}", max_step=max_step, save_checkpoints_steps=3,
-                            moving_average_decay=[0.9, 0.5], moving_average_every=2)
-        process = run([sys.executable, str(script), model_file, config])
-    assert re.search(r"Moving average: restored the training weights and the averages \(decay 0.9: 3 updates, "
-                     r"decay 0.5: 3 updates\) from \S*run/ckpt-6", process.stderr)
-    tensors = all_tensors(str(tmp_path / "run" / "ckpt-12"))
-    for decay in ("0..9", "0..5"):
-        assert int(tensors[f"moving_average/{decay}/num_updates{VALUE}"]) == 6
+    stopped_at(runs.ema, 5, tmp_path / "run")
+    process = run([sys.executable, str(script), model_file, run_config(tmp_path, corpus, "run", max_step=STEPS, **EMA)])
+    assert re.search(r"Moving average: restored the training weights and the averages \(decay 0.45: 2 updates, "
+                     r"decay 0.25: 2 updates\) from \S*run/ckpt-5", process.stderr)
+    tensors = all_tensors(str(tmp_path / "run" / f"ckpt-{STEPS}"))
+    for decay in ("0..45", "0..25"):  # and the update at step 7
+        assert int(tensors[f"moving_average/{decay}/num_updates{VALUE}"]) == 3
     averaged = averaged_names(tensors)
     assert len(averaged) == 50
     assert any(not np.array_equal(tensors[n], tensors[RAW + n]) for n in averaged)
-    assert any(not np.array_equal(tensors[n], tensors[f"moving_average/0..5/{n}"]) for n in averaged)
+    assert any(not np.array_equal(tensors[n], tensors[SECOND + n]) for n in averaged)

@@ -204,7 +204,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        pending = runner.run(splits, selected, on_task_done=lambda results: task.write_report(
+        runner.run(splits, selected, on_task_done=lambda results: task.write_report(
             results, all_recipes, results_dir))
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")
@@ -214,8 +214,6 @@ def main() -> int:
         return 130
     # The report was written after the last training run.
     print("\n" + task.table(runner.results, all_recipes))
-    for reason in pending:
-        _log(f"not scored yet: {reason}")
     _log(f"results in {results_dir}")
     return 0
 

@@ -11,7 +11,9 @@ The machinery (training runs side by side, resume, results) is :mod:`experiments
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass
 
 from onmt_trainkit import averaging
@@ -72,6 +74,9 @@ BUDGETS: dict[str, dict] = {
                  scored="dev", peaks=(1e-3, 2e-3, 4e-3)),
 }
 
+
+DECODE = os.path.join(runner.ROOT, "experiments", "decode.py")
+"""The script that decodes several checkpoints in one process."""
 
 PEAK_SEARCH = os.path.join(runner.ROOT, "experiments", "g2p-peak", "results.json")
 """The peak search's committed results, which the full budget takes its peak from."""
@@ -197,39 +202,57 @@ class Experiment(runner.Experiment):
                                       infer={"batch_size": 512, "batch_type": "examples", "length_bucket_width": 1},
                                       checkpoints=self.settings.checkpoints)
 
-    def error_rates(self, split: str, model_dir: str, recipe: Recipe, seed: int, name: str, paths: dict[str, str],
-                    checkpoint: str | None = None) -> dict:
-        """Decodes ``split``'s words greedily with ``model_dir``'s last checkpoint (or
-        ``checkpoint``); returns their word and phoneme error rates (rounded to 0.01)."""
-        predictions = os.path.join(self.work_dir, "predictions", f"{name}.{split}")
-        os.makedirs(os.path.dirname(predictions), exist_ok=True)
-        chosen = ["--checkpoint_path", checkpoint] if checkpoint else []
-        self.execute([self.onmt_main, "--config", self.config_path(recipe, seed), paths["decoding"],
-                      "--model_dir", model_dir, *chosen, *self.threads(), "infer", "--features_file",
-                      paths[f"{split}_words"], "--predictions_file", predictions], f"{name}.{split}.infer.log")
-        hypotheses = [line.split() for line in read_lines(predictions)]
-        references = [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
-        return {metric: round(value, 2) for metric, value in error_rates(hypotheses, references).items()}
-
-    def after_training(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
-        """Measures the dev error rates of every ``curve_every``-th checkpoint (counted back from
-        the last) and adds them to the run's record (``dev_wer``, ``dev_per`` by step)."""
-        key = self.run_key(recipe, seed)
-        for checkpoint in curve_checkpoints(averaging.listed_checkpoints(model_dir), self.settings.curve_every):
-            step = str(averaging.checkpoint_step(checkpoint))
-            if step in self.results["runs"][key].get("dev_wer", {}):
-                continue
-            self.log(f"dev error rates of {key} at step {step}")
-            rates = self.error_rates("dev", model_dir, recipe, seed, f"{key}-step{step}", paths, checkpoint)
-            run = dict(self.results["runs"][key])
+    def score_run(self, recipes: list[Recipe], seed: int, model_dir: str, paths: dict[str, str]) -> None:
+        """Decodes, in one process, the dev words with every ``curve_every``-th checkpoint
+        (counted back from the last) and the scored split's words with the weights of each
+        recipe (:meth:`weights_dir`); records the dev error rates in the run's record
+        (``dev_wer``, ``dev_per`` by step) and the recipes' in ``scores``. What is recorded is
+        not decoded again."""
+        key = self.run_key(recipes[0], seed)
+        run = dict(self.results["runs"][key])
+        curve = {str(averaging.checkpoint_step(checkpoint)): checkpoint for checkpoint in
+                 curve_checkpoints(averaging.listed_checkpoints(model_dir), self.settings.curve_every)}
+        curve = {step: checkpoint for step, checkpoint in curve.items() if step not in run.get("dev_wer", {})}
+        scored = {f"{r.name}-seed{seed}": r for r in recipes if f"{r.name}-seed{seed}" not in self.results["scores"]}
+        jobs = {("dev", f"{key}-step{step}"): checkpoint for step, checkpoint in curve.items()}
+        for name, recipe in scored.items():
+            weights = self.weights_dir(recipe, seed, model_dir)
+            jobs[(self.settings.scored, name)] = averaging.listed_checkpoints(weights)[-1]
+        if not jobs:
+            return
+        self.log(f"decoding with {key}: the dev words at steps {', '.join(curve) or 'none'}; the "
+                 f"{self.settings.scored} words with {', '.join(r.name for r in scored.values()) or 'none'}")
+        rates = self.decode(recipes[0], seed, model_dir, paths, jobs)
+        for step in curve:
+            measured = rates[("dev", f"{key}-step{step}")]
             for metric in ("wer", "per"):
-                run[f"dev_{metric}"] = {**run.get(f"dev_{metric}", {}), step: rates[metric]}
-            self.record("runs", key, run)
+                run[f"dev_{metric}"] = {**run.get(f"dev_{metric}", {}), step: measured[metric]}
+        self.record("runs", key, run)
+        for name, recipe in scored.items():
+            self.record("scores", name, {"recipe": recipe.name, "seed": seed, **rates[(self.settings.scored, name)]})
 
-    def measure(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str], name: str) -> dict:
-        """Decodes the scored split's words; returns their error rates."""
-        self.log(f"decoding the {self.settings.scored} words with {name}")
-        return self.error_rates(self.settings.scored, model_dir, recipe, seed, name, paths)
+    def decode(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str],
+               jobs: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict]:
+        """Decodes greedily, in one process (:mod:`experiments.decode`), the words of each
+        ``(split, name)`` of ``jobs`` with its checkpoint, into ``predictions/<name>.<split>``;
+        returns their word and phoneme error rates (rounded to 0.01) by ``(split, name)``."""
+        key = self.run_key(recipe, seed)
+        predictions_dir = os.path.join(self.work_dir, "predictions")
+        os.makedirs(predictions_dir, exist_ok=True)
+        outputs = {job: os.path.join(predictions_dir, f"{job[1]}.{job[0]}") for job in jobs}
+        listed = os.path.join(self.work_dir, "logs", f"{key}.decode.json")
+        os.makedirs(os.path.dirname(listed), exist_ok=True)
+        write_lines(listed, [json.dumps([[checkpoint, paths[f"{split}_words"], outputs[(split, name)]]
+                                         for (split, name), checkpoint in jobs.items()], indent=1)])
+        self.execute([sys.executable, DECODE, "--config", self.config_path(recipe, seed), paths["decoding"],
+                      "--model_dir", model_dir, "--jobs", listed, *self.threads()], f"{key}.decode.log")
+        rates = {}
+        for (split, name), output in outputs.items():
+            hypotheses = [line.split() for line in read_lines(output)]
+            references = [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
+            rates[(split, name)] = {metric: round(value, 2)
+                                    for metric, value in error_rates(hypotheses, references).items()}
+        return rates
 
 
 def summary(results: dict, selected: list[Recipe]) -> list[dict]:

@@ -192,8 +192,8 @@ class Experiment:
 
     A work directory holds the results of one set of settings (seeds aside: more seeds
     add to the results); other settings are refused, so that no result is lost or mixed.
-    Subclasses give :meth:`prepare_data`, :meth:`training_config` and :meth:`measure`, and may
-    add work on a finished training run in :meth:`after_training`.
+    Subclasses give :meth:`prepare_data`, :meth:`training_config` and :meth:`measure`, which
+    scores one recipe; or, to score the recipes of a run together, :meth:`score_run`.
 
     Args:
       work_dir: Where data, runs, logs and ``results.json`` go.
@@ -256,8 +256,10 @@ class Experiment:
         scores = self.measure(recipe, seed, self.weights_dir(recipe, seed, model_dir), paths, key)
         self.record("scores", key, {"recipe": recipe.name, "seed": seed, **scores})
 
-    def after_training(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
-        """Work on a finished training run before its recipes are scored (none by default)."""
+    def score_run(self, recipes: list[Recipe], seed: int, model_dir: str, paths: dict[str, str]) -> None:
+        """Scores the recipes that share a finished training run: each in turn (:meth:`score`)."""
+        for recipe in recipes:
+            self.score(recipe, seed, model_dir, paths)
 
     def run_key(self, recipe: Recipe, seed: int) -> str:
         """The name of a recipe's training run in ``results["runs"]`` and on disk."""
@@ -372,10 +374,7 @@ class Experiment:
 
         def run_task(seed: int, sharing: list[Recipe]) -> None:
             nonlocal done
-            model_dir = self.train(sharing[0], seed, paths)
-            self.after_training(sharing[0], seed, model_dir, paths)
-            for recipe in sharing:
-                self.score(recipe, seed, model_dir, paths)
+            self.score_run(sharing, seed, self.train(sharing[0], seed, paths), paths)
             with self._lock:
                 done += 1
                 self.log(f"[{done}/{len(tasks)}] done: {', '.join(r.name for r in sharing)}, seed {seed}")

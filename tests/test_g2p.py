@@ -6,12 +6,13 @@ import dataclasses
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, tool
+from conftest import ROOT, onmt_main, tool
 from experiments import g2p, runner
 from experiments.g2p_data import closest, cmudict_path, edit_distance, error_rates, read_lexicon, split_words
 from onmt_trainkit import averaging, config, schedules
@@ -126,18 +127,29 @@ def lexicon() -> dict:
     return {word: full[word] for word in sorted(full)[:: len(full) // 300][:300]}
 
 
-def test_g2p_pipeline_runs_and_resumes(tmp_path, lexicon, model_file):
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, lexicon, model_file):
+    """The noam recipes of a tiny G2P experiment: 6 updates, 2 checkpoints, 20 dev and test words."""
+    tmp_path = tmp_path_factory.mktemp("g2p")
     settings = g2p.Settings(max_step=6, seeds=(1,), batch_size=256, model_file=model_file, model_dim=16,
                             warmup=2, ema=0.9, average=2, eval_every=6, dev_size=20, test_size=20, checkpoints=2,
                             curve_every=2)
-    # The two ways weights come out of a run: the raw weights through tools/average_checkpoints.py
-    # --weights raw, the moving average's checkpoint average in the process.
-    recipes = [r for r in g2p.recipes(settings) if r.name in ("noam", "noam_ema_avg")]
+    recipes = [r for r in g2p.recipes(settings) if r.training == "noam"]
     splits = g2p.lexicon_splits(lexicon, settings)
     messages: list[str] = []
     first = g2p.Experiment(str(tmp_path), settings, log=messages.append)
     first.run(splits, recipes)
+    return types.SimpleNamespace(tmp_path=tmp_path, settings=settings, recipes=recipes, splits=splits, first=first,
+                                 messages=messages)
 
+
+def test_g2p_pipeline_runs_and_resumes(pipeline):
+    tmp_path, settings, recipes, splits, first = (pipeline.tmp_path, pipeline.settings, pipeline.recipes,
+                                                  pipeline.splits, pipeline.first)
+    # One decoding process for the run: the dev curve's checkpoint and the four recipes' weights.
+    assert [m for m in pipeline.messages if m.startswith("decoding")] == [
+        "decoding with noam-seed1: the dev words at steps 6; the test words with noam, noam_ema, noam_avg, "
+        "noam_ema_avg"]
     data = tmp_path / "data"
     sources = (data / "train.src").read_text().splitlines()
     assert len(sources) == sum(len(listed) for _, listed in splits["train"])
@@ -158,30 +170,41 @@ def test_g2p_pipeline_runs_and_resumes(tmp_path, lexicon, model_file):
     assert set(run["dev_wer"]) == set(run["dev_per"]) == {"6"}
     assert all(0 <= wer <= 100 for wer in run["dev_wer"].values())
 
-    assert set(first.results["scores"]) == {"noam-seed1", "noam_ema_avg-seed1"}
+    # All four come out of the one run: raw and moving-average weights, each also averaged.
+    assert set(first.results["scores"]) == {"noam-seed1", "noam_avg-seed1", "noam_ema-seed1", "noam_ema_avg-seed1"}
     averaged = str(tmp_path / "averaged" / "noam_ema_avg-seed1")
     assert averaging.checkpoint_step(averaging.listed_checkpoints(averaged)[-1]) == 6
     # The recorded error rates, computed again from the decoded words: WER by exact match.
-    for name in ("noam-seed1", "noam_ema_avg-seed1"):
+    for name in sorted(first.results["scores"]):
         decoded = (tmp_path / "predictions" / f"{name}.test").read_text().splitlines()
         wrong = sum(line.split() not in listed for line, listed in zip(decoded, references))
         assert first.results["scores"][name]["wer"] == round(100 * wrong / 20, 2)
 
     # Run again: nothing is trained or decoded again.
-    messages.clear()
+    messages: list[str] = []
     again = g2p.Experiment(str(tmp_path), settings, log=messages.append)
     again.run(splits, recipes)
-    assert not [m for m in messages if m.startswith(("training", "decoding", "dev error rates"))], messages
+    assert not [m for m in messages if m.startswith(("training", "decoding"))], messages
     assert again.results["scores"] == first.results["scores"]
     assert again.results["runs"]["noam-seed1"]["dev_wer"] == run["dev_wer"]
 
     g2p.write_report(again.results, recipes, str(tmp_path / "report"))
     table = (tmp_path / "report" / "results.md").read_text().splitlines()
     assert table[0] == "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |"
-    ema = again.results["scores"]["noam_ema_avg-seed1"]
-    # The dev loss is the moving average's (the model's weights when evaluated), not the row's.
-    assert f"| Noam: EMA, average of the last 2 checkpoints | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | – |" in table
+    ema = again.results["scores"]["noam_ema-seed1"]
+    assert f"| Noam: EMA 0.9 | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | {run['dev_loss']['6']:.2f} |" in table
     assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_decoding_in_one_process_gives_what_onmt_main_infer_gives(pipeline, tmp_path):
+    """experiments/decode.py against ``onmt-main infer`` on the same weights, configuration and words."""
+    weights = pipeline.tmp_path / "averaged" / "noam_ema_avg-seed1"
+    onmt_main("--config", str(pipeline.tmp_path / "configs" / "noam-seed1.yml"),
+              str(pipeline.tmp_path / "configs" / "decoding.yml"), "--model_dir", str(weights), "infer",
+              "--features_file", str(pipeline.tmp_path / "data" / "test.words"),
+              "--predictions_file", str(tmp_path / "infer.test"))
+    decoded = (pipeline.tmp_path / "predictions" / "noam_ema_avg-seed1.test").read_text()
+    assert len(decoded.splitlines()) == 20 and decoded == (tmp_path / "infer.test").read_text()
 
 
 def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():

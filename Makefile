@@ -30,9 +30,12 @@ $(DISTRIBUTED_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py --output_dir $(DEMO_DIR)
 
+# Three workers on two cores: most of an onmt-main run of the tests is single-threaded Python
+# (start-up, graph tracing), so a third worker fills the cores. --dist loadfile keeps each file's
+# trained runs (module fixtures) on one worker.
 test: $(DISTRIBUTED_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests
 
 experiment: $(STAMP)
 	$(BIN)/python tools/experiment.py --jobs 2 $(ARGS)

@@ -36,9 +36,21 @@ def in_input_order(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.nd
 
 def decode(config_paths: list[str], model_dir: str, jobs: list[tuple[str, str, str]], intra_op_threads: int = 0,
            inter_op_threads: int = 0) -> None:
-    """Decodes ``jobs`` (checkpoint prefix, features file, predictions file) with the model of
-    ``model_dir`` (its ``model_description.py``) and the merged configuration files; TensorFlow's
-    thread pools get the threads given (0: its default)."""
+    """Decodes checkpoints of one model, each into its predictions file.
+
+    Args:
+      config_paths: Configuration files, merged in order, as ``onmt-main --config`` takes them
+        (``data``, ``params`` and ``infer`` are read; ``auto_config`` is refused).
+      model_dir: The run's model directory: its ``model_description.py``, which
+        ``onmt-main train`` writes, gives the model.
+      jobs: (checkpoint prefix, features file, predictions file) triples, decoded in order.
+      intra_op_threads: Threads of TensorFlow's intra-op pool (0: its default).
+      inter_op_threads: Threads of its inter-op pool (0: its default).
+
+    Raises:
+      ValueError: when the configuration asks for ``auto_config``.
+      AssertionError: when a checkpoint lacks a weight of the model.
+    """
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
@@ -46,6 +58,9 @@ def decode(config_paths: list[str], model_dir: str, jobs: list[tuple[str, str, s
     import opennmt
 
     config = opennmt.config.load_config(config_paths)
+    if config.get("auto_config"):
+        raise ValueError("auto_config: True is not applied here (the model's automatic parameters would be "
+                         "missing); write the parameters in the configuration")
     infer = {**INFER_DEFAULTS, **config.get("infer", {})}
     params = {"num_hypotheses": infer.get("n_best", 1), **config.get("params", {})}
     model = opennmt.config.load_model(model_dir, serialize_model=False)

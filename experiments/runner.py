@@ -272,7 +272,8 @@ class Experiment:
             write_lines(self.results_path, [json.dumps(self.results, indent=1, sort_keys=True)])
 
     def threads(self) -> list[str]:
-        """``onmt-main`` options that give a run its share of the cores."""
+        """The options (``onmt-main``'s, which ``experiments/decode.py`` takes too) that give a
+        process its share of the cores."""
         if self._workers == 1:
             return []
         threads = str(max(1, (os.cpu_count() or 1) // self._workers))
@@ -397,8 +398,8 @@ class Experiment:
             raise errors[0]
 
     def stop(self) -> None:
-        """Terminates the running ``onmt-main`` processes and starts no other; what they
-        finished is kept (a training run resumes from its last checkpoint)."""
+        """Terminates the running processes (``onmt-main``, decodings) and starts no other; what
+        they finished is kept (a training run resumes from its last checkpoint)."""
         with self._lock:
             self._stopping = True
             running = list(self._running)

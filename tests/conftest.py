@@ -57,15 +57,24 @@ def tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def stopped_at(model_dir: str, step: int, destination: str) -> str:
-    """A copy of ``model_dir`` as a run stopped after saving checkpoint ``step`` leaves it."""
+    """A copy of ``model_dir``'s checkpoints up to ``step`` and of its ``checkpoint`` file's list
+    of them (names and times), as a run stopped after saving checkpoint ``step`` leaves them;
+    the event files are not copied."""
+    import tensorflow as tf
+
+    state = tf.train.get_checkpoint_state(model_dir)
+    listed = [(os.path.basename(path), time) for path, time in
+              zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps)
+              if int(path.rsplit("-", 1)[1]) <= step]
     os.makedirs(destination)
-    kept = [f"ckpt-{s}" for s in range(1, step + 1)]
     for name in os.listdir(model_dir):
-        if name.split(".")[0] in kept:
+        if name.split(".")[0] in {kept for kept, _ in listed}:
             shutil.copy(os.path.join(model_dir, name), destination)
-    with open(os.path.join(destination, "checkpoint"), "w") as state:
-        state.write(f'model_checkpoint_path: "ckpt-{step}"\n')
-        state.writelines(f'all_model_checkpoint_paths: "{name}"\n' for name in kept)
+    with open(os.path.join(destination, "checkpoint"), "w") as copied:  # the text format TensorFlow writes
+        copied.write(f'model_checkpoint_path: "ckpt-{step}"\n')
+        copied.writelines(f'all_model_checkpoint_paths: "{name}"\n' for name, _ in listed)
+        copied.writelines(f"all_model_checkpoint_timestamps: {time!r}\n" for _, time in listed)
+        copied.write(f"last_preserved_timestamp: {state.last_preserved_timestamp!r}\n")
     return destination
 
 
@@ -114,7 +123,7 @@ def _single_example(corpus):
 SLOWEST_FIRST = ("test_training.py", "test_horovod.py", "test_end_to_end.py", "test_quickstart.py", "test_g2p.py",
                  "test_averaging_weights.py", "test_recipes.py")
 """The files that take longest (several ``onmt-main`` runs each): started first, so that
-``pytest -n 3 --dist loadfile`` does not end on one of them while the other worker idles."""
+``pytest -n 3 --dist loadfile`` does not end on one of them while the other workers idle."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

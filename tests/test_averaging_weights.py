@@ -1,7 +1,7 @@
 """Any saved weights out as a model directory: ``tools/average_checkpoints.py --weights
 raw|ema|ema:<decay>`` on a real ``onmt-main`` run with two decays, checked against the tensors
-that TensorFlow reads from its checkpoints; the outputs in stock ``onmt-main eval``, ``infer``
-and a resumed training; ``--best`` by the metrics of each average; refusals."""
+that TensorFlow reads from its checkpoints; the outputs in stock ``onmt-main eval`` and a resumed
+training; ``--best`` by the metrics of each average; refusals."""
 
 from __future__ import annotations
 

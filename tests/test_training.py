@@ -3,8 +3,9 @@ period against numpy, evaluation of each average, exact resume, resume with the 
 average turned off or from another checkpoint, by-name restore after ``freeze_layers``
 changed, onmt-trainkit 0.1.0's checkpoints, MirroredStrategy.
 
-A resumed run starts from a copy of the checkpoints that an uninterrupted run wrote up to
-its step (:func:`stopped_at`), so that both can be compared step by step."""
+Besides a run really stopped and resumed, the resuming runs start from a copy of the
+checkpoints that the uninterrupted run wrote up to their step (:func:`conftest.stopped_at`),
+so that both can be compared step by step."""
 
 from __future__ import annotations
 
@@ -131,13 +132,16 @@ def test_each_average_is_evaluated(runs):
 
 
 def test_resumed_run_equals_an_uninterrupted_one(runs, tmp_path, corpus, model_file):
-    stopped_at(runs.ema, 5, tmp_path / "parts")
-    process = train(model_file, run_config(tmp_path, corpus, "parts", max_step=STEPS, **EMA))
+    """A run stopped at step 5 and resumed in its directory, as a user does."""
+    train(model_file, run_config(tmp_path, corpus, "parts", "first", max_step=5, **EMA))
+    process = train(model_file, run_config(tmp_path, corpus, "parts", "second", max_step=STEPS, **EMA))
     assert re.search(r"Moving average: restored the training weights and the averages \(decay 0.45: 2 updates, "
                      r"decay 0.25: 2 updates\) from \S*parts/ckpt-5\n", process.stderr)
     whole, parts = all_tensors(str(runs.ema / "ckpt-8")), all_tensors(str(tmp_path / "parts" / "ckpt-8"))
     assert set(whole) == set(parts) and len(whole) > 200
     assert_same_tensors(whole, parts)
+    listed = tf.train.get_checkpoint_state(str(tmp_path / "parts")).all_model_checkpoint_paths
+    assert [os.path.basename(path) for path in listed] == [f"ckpt-{step}" for step in range(1, STEPS + 1)]
 
 
 def test_onmt_trainkit_0_1_checkpoint_resumes_exactly(runs, tmp_path, corpus, model_file):
@@ -264,18 +268,21 @@ runner.train(num_devices=2)
 """
 
 
-def test_mirrored_strategy_with_two_devices(runs, tmp_path, corpus, model_file):
-    """The run with two decays, stopped at step 5, resumed on two replicas to step 8."""
+def test_mirrored_strategy_with_two_devices(tmp_path, corpus, model_file):
+    """A run with two decays, a start step and a period on two replicas: each average against
+    numpy on the run's own training weights."""
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED)
-    stopped_at(runs.ema, 5, tmp_path / "run")
-    process = run([sys.executable, str(script), model_file, run_config(tmp_path, corpus, "run", max_step=STEPS, **EMA)])
-    assert re.search(r"Moving average: restored the training weights and the averages \(decay 0.45: 2 updates, "
-                     r"decay 0.25: 2 updates\) from \S*run/ckpt-5", process.stderr)
-    tensors = all_tensors(str(tmp_path / "run" / f"ckpt-{STEPS}"))
-    for decay in ("0..45", "0..25"):  # and the update at step 7
-        assert int(tensors[f"moving_average/{decay}/num_updates{VALUE}"]) == 3
-    averaged = averaged_names(tensors)
+    run([sys.executable, str(script), model_file, run_config(tmp_path, corpus, "run", max_step=STEPS, **EMA)])
+    checkpoints = {step: all_tensors(str(tmp_path / "run" / f"ckpt-{step}")) for step in range(1, STEPS + 1)}
+    averaged = averaged_names(checkpoints[STEPS])
     assert len(averaged) == 50
-    assert any(not np.array_equal(tensors[n], tensors[RAW + n]) for n in averaged)
-    assert any(not np.array_equal(tensors[n], tensors[SECOND + n]) for n in averaged)
+    trajectory = {step: np.concatenate([t[RAW + n].ravel() for n in averaged]) for step, t in checkpoints.items()}
+    expected = numpy_averages(trajectory, DECAYS, START, EVERY)
+    for step, tensors in checkpoints.items():
+        for decay, prefix in ((0.45, ""), (0.25, SECOND)):
+            np.testing.assert_allclose(np.concatenate([tensors[prefix + n].ravel() for n in averaged]),
+                                       expected[step][decay], rtol=1e-5, atol=1e-7, err_msg=f"{decay} at {step}")
+            updates = len([s for s in (3, 5, 7) if s <= step])
+            assert int(tensors[f"moving_average/{layout.escape(repr(decay))}/num_updates{VALUE}"]) == updates
+    assert not np.allclose(expected[STEPS][0.45], trajectory[STEPS])

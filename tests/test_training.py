@@ -1,7 +1,7 @@
 """The moving averages in real ``onmt-main`` training: two decays with a start step and a
 period against numpy, evaluation of each average, exact resume, resume with the moving
 average turned off or from another checkpoint, by-name restore after ``freeze_layers``
-changed, onmt-trainkit 0.1.0's checkpoints, MirroredStrategy.
+changed, onmt-trainkit 0.1.0's checkpoints (MirroredStrategy: tests/test_mirrored.py).
 
 Besides a run really stopped and resumed, the resuming runs start from a copy of the
 checkpoints that the uninterrupted run wrote up to their step (:func:`conftest.stopped_at`),
@@ -9,9 +9,9 @@ so that both can be compared step by step."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
-import sys
 import types
 
 import numpy as np
@@ -19,7 +19,7 @@ import opennmt
 import pytest
 import tensorflow as tf
 
-from conftest import data_config, onmt_main, run, stopped_at, write_yaml
+from conftest import data_config, onmt_main, stopped_at, write_yaml
 from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit.events import read_scalars
 from test_end_to_end import VALUE, all_tensors
@@ -68,9 +68,10 @@ def runs(tmp_path_factory, corpus, model_file):
     """Two runs of 8 steps with evaluation every 4: without moving average, and with two
     decays, start step 3, period 2 and every average evaluated."""
     root = tmp_path_factory.mktemp("runs")
-    base = train(model_file, run_config(root, corpus, "base", max_step=STEPS), "--with_eval")
-    ema = train(model_file, run_config(root, corpus, "ema", max_step=STEPS, moving_average_eval_all=True, **EMA),
-                "--with_eval")
+    configs = [run_config(root, corpus, "base", max_step=STEPS),
+               run_config(root, corpus, "ema", max_step=STEPS, moving_average_eval_all=True, **EMA)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # side by side: the other tests wait for both
+        base, ema = pool.map(lambda config: train(model_file, config, "--with_eval"), configs)
     return types.SimpleNamespace(base=root / "base", ema=root / "ema", base_log=base.stderr, ema_log=ema.stderr)
 
 
@@ -246,43 +247,3 @@ def test_bad_moving_average_decay_is_refused(tmp_path, corpus, model_file):
     assert process.returncode != 0
     assert ("train.moving_average_decay must be a list of distinct decays (0.999 is given twice), "
             "got [0.999, 0.999]") in process.stderr
-
-
-MIRRORED = """
-import sys
-import tensorflow as tf
-# The two replicas' collective operations wait for each other: with the default pool of
-# one thread per core, both threads of a 2-core machine can end up waiting.
-tf.config.threading.set_inter_op_parallelism_threads(8)
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0],
-    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-import onmt_trainkit
-import opennmt
-import yaml
-tf.get_logger().setLevel("INFO")
-config = yaml.safe_load(open(sys.argv[2]))
-model = opennmt.config.load_model_from_file(sys.argv[1], as_builder=True)
-runner = opennmt.Runner(model, config, seed=4)
-runner.train(num_devices=2)
-"""
-
-
-def test_mirrored_strategy_with_two_devices(tmp_path, corpus, model_file):
-    """A run with two decays, a start step and a period on two replicas: each average against
-    numpy on the run's own training weights."""
-    script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED)
-    run([sys.executable, str(script), model_file, run_config(tmp_path, corpus, "run", max_step=STEPS, **EMA)])
-    checkpoints = {step: all_tensors(str(tmp_path / "run" / f"ckpt-{step}")) for step in range(1, STEPS + 1)}
-    averaged = averaged_names(checkpoints[STEPS])
-    assert len(averaged) == 50
-    trajectory = {step: np.concatenate([t[RAW + n].ravel() for n in averaged]) for step, t in checkpoints.items()}
-    expected = numpy_averages(trajectory, DECAYS, START, EVERY)
-    for step, tensors in checkpoints.items():
-        for decay, prefix in ((0.45, ""), (0.25, SECOND)):
-            np.testing.assert_allclose(np.concatenate([tensors[prefix + n].ravel() for n in averaged]),
-                                       expected[step][decay], rtol=1e-5, atol=1e-7, err_msg=f"{decay} at {step}")
-            updates = len([s for s in (3, 5, 7) if s <= step])
-            assert int(tensors[f"moving_average/{layout.escape(repr(decay))}/num_updates{VALUE}"]) == updates
-    assert not np.allclose(expected[STEPS][0.45], trajectory[STEPS])

@@ -246,12 +246,13 @@ class Experiment(runner.Experiment):
                                          for (split, name), checkpoint in jobs.items()], indent=1)])
         self.execute([sys.executable, DECODE, "--config", self.config_path(recipe, seed), paths["decoding"],
                       "--model_dir", model_dir, "--jobs", listed, *self.threads()], f"{key}.decode.log")
+        references = {split: [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
+                      for split in {split for split, _ in jobs}}
         rates = {}
         for (split, name), output in outputs.items():
             hypotheses = [line.split() for line in read_lines(output)]
-            references = [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
             rates[(split, name)] = {metric: round(value, 2)
-                                    for metric, value in error_rates(hypotheses, references).items()}
+                                    for metric, value in error_rates(hypotheses, references[split]).items()}
         return rates
 
 

@@ -33,9 +33,9 @@ name has no namespace (written before it was part of the name, or on a Linux sys
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import contextlib
 import secrets
 import socket
 import sys

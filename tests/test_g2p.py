@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from conftest import ROOT, onmt_main, tool
@@ -98,6 +99,39 @@ def test_every_schedule_peaks_at_the_same_rate_after_the_same_warmup(schedule, v
     params = g2p.schedule_params(schedule, settings, settings.peak)
     rates = schedules.evaluate(config.learning_rate_schedule(params, max_step=1000), np.array(list(values)))
     np.testing.assert_allclose(rates, list(values.values()), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("budget", ["full", "quick"])
+def test_warmup_stable_decay_is_the_constant_rate_until_its_decay_starts(budget):
+    # What lets the WSD run branch off the constant run: the same rate at every step up to the
+    # decay's start (16,000 - 3,200 = 12,800 for the full budget), bit for bit; lower after.
+    settings = g2p.Settings(**g2p.BUDGETS[budget])
+    start = g2p.wsd_decay_start(settings)
+    assert start == {"full": 12800, "quick": 120}[budget]
+    steps = np.arange(settings.max_step + 1)
+    rates = {schedule: schedules.evaluate(config.learning_rate_schedule(
+        g2p.schedule_params(schedule, settings, settings.peak), max_step=settings.max_step), steps)
+        for schedule in ("wsd", "constant")}
+    assert np.array_equal(rates["wsd"][: start + 1], rates["constant"][: start + 1])
+    assert rates["constant"][start] == np.float32(settings.peak)
+    assert np.all(rates["wsd"][start + 1:] < rates["constant"][start + 1:])
+    assert rates["wsd"][-1] == 0
+
+
+def test_the_wsd_run_comes_after_the_constant_run_it_branches_off():
+    recipes = g2p.recipes(g2p.Settings(seeds=(1, 2)))
+    assert {r.name: r.branch.parent.training for r in recipes if r.branch} == {
+        "wsd": "constant", "wsd_ema": "constant", "wsd_avg": "constant", "wsd_ema_avg": "constant"}
+    work = runner.chains((1, 2), recipes)
+    # The two-run chains first, so that runs side by side end together.
+    assert [(seed, [trained.training for trained, _ in chain]) for seed, chain in work] == [
+        (1, ["constant", "wsd"]), (2, ["constant", "wsd"]), (1, ["noam"]), (1, ["cosine"]), (2, ["noam"]),
+        (2, ["cosine"])]
+    assert [r.name for r in work[0][1][1][1]] == ["wsd", "wsd_ema", "wsd_avg", "wsd_ema_avg"]
+    # WSD alone: the constant run is trained first, and nothing of it is scored.
+    alone = runner.chains((1,), [r for r in recipes if r.training == "wsd"])
+    assert [(trained.training, [r.name for r in scored]) for trained, scored in alone[0][1]] == [
+        ("constant", []), ("wsd", ["wsd", "wsd_ema", "wsd_avg", "wsd_ema_avg"])]
 
 
 def test_the_recipes_of_one_schedule_share_its_run():
@@ -194,6 +228,44 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     ema = again.results["scores"]["noam_ema-seed1"]
     assert f"| Noam: EMA 0.9 | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | {run['dev_loss']['6']:.2f} |" in table
     assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_wsd_run_branches_off_the_constant_run(tmp_path, lexicon, model_file):
+    """10 updates, a checkpoint every 2, a dev loss every 5; WSD decays over the last 2 updates."""
+    settings = g2p.Settings(max_step=10, seeds=(1,), batch_size=256, model_file=model_file, model_dim=16, warmup=2,
+                            ema=0.9, eval_every=5, dev_size=20, test_size=20, checkpoints=5)
+    selected = [r for r in g2p.recipes(settings) if r.name in ("constant_ema", "wsd_ema")]
+    messages: list[str] = []
+    work = g2p.Experiment(str(tmp_path), settings, log=messages.append)
+    work.run(g2p.lexicon_splits(lexicon, settings), selected)
+
+    assert "wsd-seed1 branches off constant-seed1 at step 8" in messages
+    assert [m for m in messages if m.startswith(("training", "decoding"))] == [
+        "training constant-seed1 (10 updates)",
+        "decoding with constant-seed1: the dev words at steps 2, 4, 6, 8, 10; the test words with constant_ema",
+        "training wsd-seed1 (10 updates)",
+        "decoding with wsd-seed1: the dev words at steps 10; the test words with wsd_ema"]
+    constant, wsd = (str(tmp_path / "runs" / f"{name}-seed1") for name in ("constant", "wsd"))
+    # Up to step 8 the WSD run's checkpoints are the constant run's; TensorFlow lists all five.
+    state = tf.train.get_checkpoint_state(wsd)
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [f"ckpt-{s}" for s in (2, 4, 6, 8, 10)]
+    for name in os.listdir(constant):
+        if name.startswith(("ckpt-2.", "ckpt-4.", "ckpt-6.", "ckpt-8.")):
+            assert (tmp_path / "runs" / "wsd-seed1" / name).read_bytes() == open(os.path.join(constant, name),
+                                                                                  "rb").read()
+    assert (tmp_path / "runs" / "wsd-seed1" / "ckpt-10.index").read_bytes() != open(
+        os.path.join(constant, "ckpt-10.index"), "rb").read()
+    # Its record: the constant run's up to step 8, its own after; the rate logged at steps 9 and
+    # 10 is WSD's 1-sqrt decay from the peak (2e-3) to 0 over steps 8 to 10.
+    runs = work.results["runs"]
+    for series in ("learning_rate", "dev_loss", "dev_wer", "dev_per"):
+        inherited = {step: v for step, v in runs["constant-seed1"][series].items() if int(step) <= 8}
+        assert {step: v for step, v in runs["wsd-seed1"][series].items() if int(step) <= 8} == inherited
+    rates = runs["wsd-seed1"]["learning_rate"]
+    np.testing.assert_allclose([rates["9"], rates["10"]], [2e-3 * (1 - 0.5**0.5), 0.0], rtol=1e-5, atol=1e-9)
+    assert runs["constant-seed1"]["learning_rate"]["10"] == pytest.approx(2e-3)
+    assert set(runs["wsd-seed1"]["dev_loss"]) == {"5", "10"}
+    assert runs["wsd-seed1"]["dev_loss"]["10"] != runs["constant-seed1"]["dev_loss"]["10"]
 
 
 def test_decoding_in_one_process_gives_what_onmt_main_infer_gives(pipeline, tmp_path):

@@ -11,10 +11,10 @@ The machinery (training runs side by side, resume, results) is :mod:`experiments
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass
 
 from onmt_trainkit import averaging
 
@@ -31,7 +31,7 @@ PANELS = [("learning_rate", "learning rate", "Learning rate (as onmt-main logged
 """The pictures of ``curves.png``: (run record key, y label, title)."""
 
 
-@dataclass
+@dataclasses.dataclass
 class Settings(runner.Settings):
     """The G2P experiment's budget and model; the defaults are the full table's (:data:`BUDGETS`).
 
@@ -150,20 +150,20 @@ def recipes(settings: Settings) -> list[Recipe]:
                        schedule_params("cosine", settings, peak)) for peak in settings.peaks]
     with_ema = {"moving_average_decay": settings.ema}
     k = settings.average
-    constant = Recipe("constant", "", "constant", schedule_params("constant", settings, settings.peak), with_ema)
     selected = []
     for schedule in SCHEDULES:
         params, label = schedule_params(schedule, settings, settings.peak), _DESCRIPTIONS[schedule]
-        run = {"training": schedule, "params": params, "train": with_ema,
-               "branch": Branch(constant, wsd_decay_start(settings)) if schedule == "wsd" else None}
         selected += [
-            Recipe(schedule, f"{label}: last checkpoint", weights="raw", **run),
-            Recipe(f"{schedule}_ema", f"{label}: EMA {settings.ema}", **run),
-            Recipe(f"{schedule}_avg", f"{label}: average of the last {k} checkpoints", average=k, weights="raw",
-                   **run),
-            Recipe(f"{schedule}_ema_avg", f"{label}: EMA, average of the last {k} checkpoints", average=k, **run),
+            Recipe(schedule, f"{label}: last checkpoint", schedule, params, with_ema, weights="raw"),
+            Recipe(f"{schedule}_ema", f"{label}: EMA {settings.ema}", schedule, params, with_ema),
+            Recipe(f"{schedule}_avg", f"{label}: average of the last {k} checkpoints", schedule, params, with_ema,
+                   average=k, weights="raw"),
+            Recipe(f"{schedule}_ema_avg", f"{label}: EMA, average of the last {k} checkpoints", schedule, params,
+                   with_ema, average=k),
         ]
-    return selected
+    constant = next(recipe for recipe in selected if recipe.training == "constant")
+    branch = Branch(constant, wsd_decay_start(settings))
+    return [dataclasses.replace(recipe, branch=branch) if recipe.training == "wsd" else recipe for recipe in selected]
 
 
 def lexicon_splits(lexicon: Lexicon, settings: Settings) -> dict[str, list]:

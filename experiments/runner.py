@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import yaml
 
-from onmt_trainkit import averaging
+from onmt_trainkit import averaging, checkpoint_state
 from onmt_trainkit.events import read_eval_metrics, read_learning_rates
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,11 +69,12 @@ class Branch:
     """Where a training run branches off another of the same seed: it resumes from the last
     checkpoint of ``parent``'s run at or before ``step``, with its own configuration.
 
-    This is exact when the two configurations train alike up to ``step``: warmup-stable-decay
-    is the constant rate until its decay starts, so its run branches off the constant run's
-    there, as warmup-stable-decay is meant to be used. The branch's checkpoints up to that
-    step are copies of the parent's, and its record (dev loss, learning rate, dev error rates)
-    up to there is the parent's.
+    The two runs are one up to ``step`` when their configurations train alike until there:
+    warmup-stable-decay is the constant rate until its decay starts, so its run branches off
+    the constant run's there, as warmup-stable-decay is meant to be used. The branch's
+    checkpoints up to that step are the parent's, and its record (dev loss, learning rate,
+    dev error rates) up to there is the parent's; after it, the branch goes on as any resumed
+    ``onmt-main`` run does (its training data start over, in the order of the seed).
 
     Attributes:
       parent: A recipe of the run branched off (its training run is trained first if needed).
@@ -178,8 +179,8 @@ Chain = list[tuple[Recipe, list[Recipe]]]
 def chains(seeds: tuple[int, ...], selected: list[Recipe]) -> list[tuple[int, Chain]]:
     """The units of work: each training run with the recipes that share it
     (:func:`training_tasks`), after the run it branches off (:class:`Branch`, trained without
-    scores when none of its recipes is selected) and in the same chain; longest chains first,
-    so that runs side by side end together."""
+    scores when none of its recipes is selected) and in the same chain; the chains of more
+    runs first, so that the shorter ones fill in at the end."""
     tasks = training_tasks(seeds, selected)
     ordered: dict[tuple[int, str], Chain] = {
         key: [(sharing[0], sharing)] for key, sharing in tasks.items() if sharing[0].branch is None}
@@ -191,25 +192,41 @@ def chains(seeds: tuple[int, ...], selected: list[Recipe]) -> list[tuple[int, Ch
     return sorted(work, key=lambda unit: -len(unit[1]))
 
 
-def branch_off(parent_dir: str, step: int, model_dir: str) -> None:
-    """Starts ``model_dir`` (new) with the checkpoints of ``parent_dir`` up to ``step`` and their
-    list, as a run of its own stopped there leaves them (a ``checkpoint`` file with the save
-    times, which TensorFlow's checkpoint manager keeps them by); the event files are not
-    copied. Written aside, then renamed."""
-    listed = [path for path in averaging.listed_checkpoints(parent_dir) if averaging.checkpoint_step(path) <= step]
-    names = [os.path.basename(path) for path in listed]
-    times = [os.path.getmtime(path + ".index") for path in listed]
-    aside = model_dir + ".branching"
+def copy_checkpoints(model_dir: str | os.PathLike, step: int, destination: str | os.PathLike) -> None:
+    """Starts ``destination`` (which must not exist) with ``model_dir``'s checkpoints up to
+    ``step``, as a run stopped after saving checkpoint ``step`` leaves them: its ``checkpoint``
+    file lists them with their save times, which TensorFlow's ``CheckpointManager`` keeps and
+    prunes them by. The event files are not copied. The checkpoint files are hard links when
+    the file system allows (TensorFlow never rewrites one), else copies; the directory is
+    written aside, then renamed.
+
+    Raises:
+      ValueError: if ``destination`` exists, or ``model_dir`` lists no checkpoint up to ``step``.
+    """
+    model_dir, destination = os.fspath(model_dir), os.fspath(destination)
+    if os.path.lexists(destination):
+        raise ValueError(f"{destination} exists already")
+    with open(os.path.join(model_dir, "checkpoint"), "rb") as listing:
+        state = checkpoint_state.parse(listing.read())
+    times = dict(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps))
+    kept = [path for path in state.all_model_checkpoint_paths if averaging.checkpoint_step(path) <= step]
+    if not kept:
+        raise ValueError(f"{model_dir} lists no checkpoint up to step {step}")
+    names = {os.path.basename(path) for path in kept}
+    aside = destination + ".copying"
     shutil.rmtree(aside, ignore_errors=True)
     os.makedirs(aside)
-    for name in os.listdir(parent_dir):
+    for name in os.listdir(model_dir):
         if name.split(".")[0] in names:
-            shutil.copy2(os.path.join(parent_dir, name), aside)
-    write_lines(os.path.join(aside, "checkpoint"), [
-        f'model_checkpoint_path: "{names[-1]}"', *(f'all_model_checkpoint_paths: "{name}"' for name in names),
-        *(f"all_model_checkpoint_timestamps: {time!r}" for time in times),
-        f"last_preserved_timestamp: {min(times) - 1!r}"])
-    os.replace(aside, model_dir)
+            try:
+                os.link(os.path.join(model_dir, name), os.path.join(aside, name))
+            except OSError:
+                shutil.copy2(os.path.join(model_dir, name), aside)
+    timestamps = [times[path] for path in kept] if len(times) == len(state.all_model_checkpoint_paths) else None
+    write_lines(os.path.join(aside, "checkpoint"), checkpoint_state.format_state(
+        os.path.basename(kept[-1]), [os.path.basename(path) for path in kept], timestamps,
+        state.last_preserved_timestamp).splitlines())
+    os.replace(aside, destination)
 
 
 def training_config(experiment: Experiment, recipe: Recipe, seed: int, paths: dict[str, str], max_length: int,
@@ -411,26 +428,32 @@ class Experiment:
         self.record("runs", key, record)
         return config["model_dir"]
 
-    def _branch(self, recipe: Recipe, seed: int, paths: dict[str, str], model_dir: str) -> dict[str, dict]:
-        """Starts a branching run's directory from its parent's checkpoint (:class:`Branch`),
-        unless it has checkpoints already; returns the parent run's record series up to the
-        step branched at (``{}`` when the parent has no checkpoint that early: the run trains
-        from scratch)."""
-        branch = recipe.branch
+    def _branch(self, recipe: Recipe, seed: int, paths: dict[str, str],
+                model_dir: str) -> dict[str, dict[str, float]]:
+        """Starts a branching run (:class:`Branch`) from its parent's last checkpoint at or
+        before the branch step, and records where it branched off (``branches``); a run with
+        checkpoints of its own is left as it is. Returns the parent run's record series up to
+        the step branched at: ``{}`` for a run that did not branch off (its parent had no
+        checkpoint that early: it trains from scratch, as the log says)."""
+        key, branch = self.run_key(recipe, seed), recipe.branch
         parent_key = self.run_key(branch.parent, seed)
         parent_dir = self.train(branch.parent, seed, paths)
-        listed = [averaging.checkpoint_step(p) for p in averaging.listed_checkpoints(parent_dir)]
-        at = max((step for step in listed if step <= branch.step), default=0)
-        if not at:
-            self.log(f"{self.run_key(recipe, seed)}: {parent_key} has no checkpoint at or before step "
-                     f"{branch.step} to branch off; training from scratch")
+        if key not in self.results.get("branches", {}) and not trained_up_to(model_dir):
+            steps = [averaging.checkpoint_step(path) for path in averaging.listed_checkpoints(parent_dir)]
+            at = max((step for step in steps if step <= branch.step), default=0)
+            if not at:
+                self.log(f"{key}: {parent_key} has no checkpoint at or before step {branch.step} to branch off; "
+                         "training from scratch")
+                return {}
+            self.record("branches", key, {"run": parent_key, "step": at})
+        if key not in self.results.get("branches", {}):
             return {}
+        at = self.results["branches"][key]["step"]
         if not trained_up_to(model_dir):
-            self.log(f"{self.run_key(recipe, seed)} branches off {parent_key} at step {at}")
-            branch_off(parent_dir, at, model_dir)
-        parent = self.results["runs"][parent_key]
+            self.log(f"{key} branches off {parent_key} at step {at}")
+            copy_checkpoints(parent_dir, at, model_dir)
         return {series: {step: value for step, value in values.items() if int(step) <= at}
-                for series, values in parent.items() if isinstance(values, dict)}
+                for series, values in self.results["runs"][parent_key].items() if isinstance(values, dict)}
 
     def weights_dir(self, recipe: Recipe, seed: int, model_dir: str) -> str:
         """The model directory of the weights a recipe takes out of its run: the run's own
@@ -458,8 +481,8 @@ class Experiment:
         """
         os.makedirs(self.work_dir, exist_ok=True)
         paths = self.prepare_data(splits)
-        tasks = chains(self.settings.seeds, selected)
-        total = sum(len(chain) for _, chain in tasks)
+        work = chains(self.settings.seeds, selected)
+        total = sum(len(chain) for _, chain in work)
         done = 0
 
         def run_task(seed: int, chain: Chain) -> None:
@@ -475,9 +498,9 @@ class Experiment:
                     if on_task_done is not None:
                         on_task_done(self.results)
 
-        self._workers = min(self.jobs, len(tasks))
+        self._workers = min(self.jobs, len(work))
         with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
-            futures = [pool.submit(run_task, seed, chain) for seed, chain in tasks]
+            futures = [pool.submit(run_task, seed, chain) for seed, chain in work]
             try:
                 concurrent.futures.wait(futures)
             except BaseException:  # interrupted (Ctrl-C, SIGTERM): no onmt-main is left running

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -54,28 +53,6 @@ def onmt_main(*args: str, check: bool = True, stock: bool = False) -> subprocess
 
 def tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, os.path.join(ROOT, "tools", name), *args], check=check)
-
-
-def stopped_at(model_dir: str, step: int, destination: str) -> str:
-    """A copy of ``model_dir``'s checkpoints up to ``step`` and of its ``checkpoint`` file's list
-    of them (names and times), as a run stopped after saving checkpoint ``step`` leaves them;
-    the event files are not copied."""
-    import tensorflow as tf
-
-    state = tf.train.get_checkpoint_state(model_dir)
-    listed = [(os.path.basename(path), time) for path, time in
-              zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps)
-              if int(path.rsplit("-", 1)[1]) <= step]
-    os.makedirs(destination)
-    for name in os.listdir(model_dir):
-        if name.split(".")[0] in {kept for kept, _ in listed}:
-            shutil.copy(os.path.join(model_dir, name), destination)
-    with open(os.path.join(destination, "checkpoint"), "w") as copied:  # the text format TensorFlow writes
-        copied.write(f'model_checkpoint_path: "ckpt-{step}"\n')
-        copied.writelines(f'all_model_checkpoint_paths: "{name}"\n' for name, _ in listed)
-        copied.writelines(f"all_model_checkpoint_timestamps: {time!r}\n" for _, time in listed)
-        copied.write(f"last_preserved_timestamp: {state.last_preserved_timestamp!r}\n")
-    return destination
 
 
 def write_yaml(path: str, content: dict) -> str:

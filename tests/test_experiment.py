@@ -202,3 +202,45 @@ def test_ding_extraction(tmp_path):
     )
     assert experiment.read_ding(str(ding)) == [
         ("Das Haus ist alt.", "The house is old."), ("Ein Satz hier.", "One sentence here.")]
+
+
+def test_a_copy_of_the_checkpoints_up_to_a_step_resumes_as_a_stopped_run(tmp_path):
+    """copy_checkpoints against TensorFlow's CheckpointManager: what it keeps, lists and prunes."""
+    import tensorflow as tf
+
+    weight = tf.Variable(0.0)
+    source, copy = tmp_path / "source", tmp_path / "copy"
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(weight=weight), str(source), max_to_keep=3)
+    for step in (2, 4, 6, 8):
+        weight.assign(float(step))
+        manager.save(checkpoint_number=step)
+    original = {name: (source / name).read_bytes() for name in os.listdir(source)}
+    state = tf.train.get_checkpoint_state(str(source))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-4", "ckpt-6", "ckpt-8"]
+    (tmp_path / "copy.copying").mkdir()  # what an interrupted copy leaves
+    (tmp_path / "copy.copying" / "ckpt-2.index").write_text("stale")
+
+    runner.copy_checkpoints(source, 6, copy)
+    assert sorted(os.listdir(tmp_path)) == ["copy", "source"]
+    copied = tf.train.get_checkpoint_state(str(copy))
+    assert [os.path.basename(p) for p in copied.all_model_checkpoint_paths] == ["ckpt-4", "ckpt-6"]
+    assert os.path.basename(copied.model_checkpoint_path) == "ckpt-6"
+    assert list(copied.all_model_checkpoint_timestamps) == list(state.all_model_checkpoint_timestamps[:2])
+    assert copied.last_preserved_timestamp == state.last_preserved_timestamp
+    assert tf.train.load_checkpoint(str(copy / "ckpt-6")).get_tensor("weight/.ATTRIBUTES/VARIABLE_VALUE") == 6.0
+
+    # A run resumed there saves 8 and 10 and prunes its oldest, the copied ckpt-4; the source is
+    # untouched.
+    resumed = tf.train.CheckpointManager(tf.train.Checkpoint(weight=weight), str(copy), max_to_keep=3)
+    for step in (8, 10):
+        resumed.save(checkpoint_number=step)
+    listed = tf.train.get_checkpoint_state(str(copy)).all_model_checkpoint_paths
+    assert [os.path.basename(p) for p in listed] == ["ckpt-6", "ckpt-8", "ckpt-10"]
+    assert not [name for name in os.listdir(copy) if name.startswith("ckpt-4.")]
+    assert {name: (source / name).read_bytes() for name in os.listdir(source)} == original
+
+    with pytest.raises(ValueError, match=f"{re.escape(str(copy))} exists already"):
+        runner.copy_checkpoints(source, 6, copy)
+    with pytest.raises(ValueError, match=r"source lists no checkpoint up to step 3"):
+        runner.copy_checkpoints(source, 3, tmp_path / "early")
+    assert sorted(os.listdir(tmp_path)) == ["copy", "source"]

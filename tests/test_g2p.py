@@ -266,6 +266,14 @@ def test_the_wsd_run_branches_off_the_constant_run(tmp_path, lexicon, model_file
     assert runs["constant-seed1"]["learning_rate"]["10"] == pytest.approx(2e-3)
     assert set(runs["wsd-seed1"]["dev_loss"]) == {"5", "10"}
     assert runs["wsd-seed1"]["dev_loss"]["10"] != runs["constant-seed1"]["dev_loss"]["10"]
+    assert work.results["branches"] == {"wsd-seed1": {"run": "constant-seed1", "step": 8}}
+
+    # Run again: nothing is copied, trained or decoded again.
+    messages.clear()
+    again = g2p.Experiment(str(tmp_path), settings, log=messages.append)
+    again.run(g2p.lexicon_splits(lexicon, settings), selected)
+    assert not [m for m in messages if m.startswith(("training", "decoding")) or "branches" in m], messages
+    assert again.results["runs"]["wsd-seed1"] == runs["wsd-seed1"]
 
 
 def test_decoding_in_one_process_gives_what_onmt_main_infer_gives(pipeline, tmp_path):

@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 
 import toy_corpus
-from conftest import BIN, stopped_at, write_yaml
+from conftest import BIN, write_yaml
+from experiments.runner import copy_checkpoints
 from onmt_trainkit import protowire
 from test_end_to_end import VALUE, all_tensors, model_weights
 
@@ -181,7 +182,7 @@ def runs(tmp_path_factory):
     result = {"root": root, "logs": {}}
     for name in ("whole", "resumed"):
         if name == "resumed":
-            stopped_at(str(root / "whole" / "rank0"), RESUME_STEP, str(root / name / "rank0"))
+            copy_checkpoints(root / "whole" / "rank0", RESUME_STEP, root / name / "rank0")
         config = write_yaml(root / f"{name}.yml", {
             "data": {
                 "train_features_file": corpus["train_src"], "train_labels_file": corpus["train_tgt"],

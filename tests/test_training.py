@@ -4,7 +4,7 @@ average turned off or from another checkpoint, by-name restore after ``freeze_la
 changed, onmt-trainkit 0.1.0's checkpoints (MirroredStrategy: tests/test_mirrored.py).
 
 Besides a run really stopped and resumed, the resuming runs start from a copy of the
-checkpoints that the uninterrupted run wrote up to their step (:func:`conftest.stopped_at`),
+checkpoints that the uninterrupted run wrote up to their step (:func:`experiments.runner.copy_checkpoints`),
 so that both can be compared step by step."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import opennmt
 import pytest
 import tensorflow as tf
 
-from conftest import data_config, onmt_main, stopped_at, write_yaml
+from conftest import data_config, onmt_main, write_yaml
+from experiments.runner import copy_checkpoints
 from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit.events import read_scalars
 from test_end_to_end import VALUE, all_tensors
@@ -149,7 +150,8 @@ def test_onmt_trainkit_0_1_checkpoint_resumes_exactly(runs, tmp_path, corpus, mo
     """A checkpoint with the state by position, as onmt-trainkit 0.1.0 wrote it (one average,
     in model/), made from the run's checkpoint 5: the resumed run ends as the run that went
     on; the second decay, which it does not hold, starts at its next update (step 7)."""
-    stopped = stopped_at(runs.ema, 5, tmp_path / "old")
+    stopped = tmp_path / "old"
+    copy_checkpoints(runs.ema, 5, stopped)
     model = opennmt.config.load_model_from_file(model_file)
     model.initialize(data_config(corpus, single_example=True), params=PARAMS)
     optimizer = model.get_optimizer()
@@ -183,7 +185,7 @@ def test_onmt_trainkit_0_1_checkpoint_resumes_exactly(runs, tmp_path, corpus, mo
 def test_resume_with_the_moving_average_turned_off(runs, tmp_path, corpus, model_file):
     """The training weights saved beside the average are restored: training goes on as in the
     run that never had a moving average."""
-    stopped_at(runs.ema, 5, tmp_path / "off")
+    copy_checkpoints(runs.ema, 5, tmp_path / "off")
     process = train(model_file, run_config(tmp_path, corpus, "off", max_step=6))
     assert re.search(r"Moving average: off; took the training weights of 50 variables from \S*off/ckpt-5, not its "
                      r"model weights \(the moving average of decay 0.45\)", process.stderr)
@@ -221,7 +223,7 @@ def test_checkpoint_path_without_continue_starts_from_the_training_weights(runs,
 def test_freeze_layers_changed_restores_by_name(runs, tmp_path, corpus, model_file):
     """Freezing the first encoder layer takes 16 variables out of the average and moves the
     position of those after it: each average still goes to its own variable."""
-    stopped_at(runs.ema, 5, tmp_path / "frozen")
+    copy_checkpoints(runs.ema, 5, tmp_path / "frozen")
     config = run_config(tmp_path, corpus, "frozen", max_step=7, params={"freeze_layers": ["encoder/layers/0"]}, **EMA)
     process = train(model_file, config)
     assert re.search(r"Moving average: \S*frozen/ckpt-5 holds averages of 16 variables that are no longer averaged; "

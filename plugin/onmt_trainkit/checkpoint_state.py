@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 MODEL_CHECKPOINT_PATH = "model_checkpoint_path"
 ALL_MODEL_CHECKPOINT_PATHS = "all_model_checkpoint_paths"
-_NUMBER_FIELDS = ("all_model_checkpoint_timestamps", "last_preserved_timestamp")
+ALL_MODEL_CHECKPOINT_TIMESTAMPS = "all_model_checkpoint_timestamps"
+LAST_PRESERVED_TIMESTAMP = "last_preserved_timestamp"
+_NUMBER_FIELDS = (ALL_MODEL_CHECKPOINT_TIMESTAMPS, LAST_PRESERVED_TIMESTAMP)
 
 _LINE = re.compile(r"^\s*(?P<key>[A-Za-z_]+)\s*:\s*(?P<value>.*?)\s*$")
 _STRING = re.compile(r"""^(?:"(?P<double>(?:[^"\\]|\\.)*)"|'(?P<single>(?:[^'\\]|\\.)*)')$""")
@@ -35,10 +37,13 @@ class StateError(ValueError):
 
 @dataclass
 class CheckpointState:
-    """The paths that a ``checkpoint`` file lists, as written there (relative or absolute)."""
+    """What a ``checkpoint`` file holds: the paths it lists, as written there (relative or
+    absolute), and the save times by which TensorFlow's ``CheckpointManager`` keeps them."""
 
     model_checkpoint_path: str = ""
     all_model_checkpoint_paths: list[str] = field(default_factory=list)
+    all_model_checkpoint_timestamps: list[float] = field(default_factory=list)
+    last_preserved_timestamp: float | None = None
 
 
 def _unescape(body: str, line: int) -> str:
@@ -106,6 +111,10 @@ def parse(data: bytes) -> CheckpointState:
         elif key in _NUMBER_FIELDS:
             if _NUMBER.match(value) is None:
                 raise StateError(f"line {number}: {key} is not a number")
+            if key == LAST_PRESERVED_TIMESTAMP:
+                state.last_preserved_timestamp = float(value)
+            else:
+                state.all_model_checkpoint_timestamps.append(float(value))
         else:
             raise StateError(f"line {number}: unknown field {key!r}")
     if not state.model_checkpoint_path and not state.all_model_checkpoint_paths:
@@ -127,9 +136,26 @@ def _escape(path: str) -> str:
     return "".join(out)
 
 
-def format_state(latest: str, paths: list[str]) -> str:
-    """Returns the text of a ``checkpoint`` file listing ``paths`` (oldest first), ``latest`` last."""
+def format_state(
+    latest: str,
+    paths: list[str],
+    timestamps: list[float] | None = None,
+    last_preserved_timestamp: float | None = None,
+) -> str:
+    """Returns the text of a ``checkpoint`` file listing ``paths`` (oldest first), ``latest`` last.
+
+    Args:
+      latest: The newest checkpoint.
+      paths: The others, oldest first (``latest`` among them is listed once, last).
+      timestamps: The save times of ``paths`` then ``latest`` (as listed), if any.
+      last_preserved_timestamp: Checkpoints saved before it are kept for good, if given.
+    """
     listed = [p for p in paths if p != latest] + [latest]
+    if timestamps is not None and len(timestamps) != len(listed):
+        raise ValueError(f"{len(listed)} checkpoints listed, {len(timestamps)} timestamps")
     lines = [f'{MODEL_CHECKPOINT_PATH}: "{_escape(latest)}"']
     lines += [f'{ALL_MODEL_CHECKPOINT_PATHS}: "{_escape(p)}"' for p in listed]
+    lines += [f"{ALL_MODEL_CHECKPOINT_TIMESTAMPS}: {time!r}" for time in timestamps or []]
+    if last_preserved_timestamp is not None:
+        lines.append(f"{LAST_PRESERVED_TIMESTAMP}: {last_preserved_timestamp!r}")
     return "\n".join(lines) + "\n"

@@ -193,38 +193,42 @@ def chains(seeds: tuple[int, ...], selected: list[Recipe]) -> list[tuple[int, Ch
 
 
 def copy_checkpoints(model_dir: str | os.PathLike, step: int, destination: str | os.PathLike) -> None:
-    """Starts ``destination`` (which must not exist) with ``model_dir``'s checkpoints up to
-    ``step``, as a run stopped after saving checkpoint ``step`` leaves them: its ``checkpoint``
-    file lists them with their save times, which TensorFlow's ``CheckpointManager`` keeps and
-    prunes them by. The event files are not copied. The checkpoint files are hard links when
-    the file system allows (TensorFlow never rewrites one), else copies; the directory is
-    written aside, then renamed.
+    """Starts ``destination`` (which must not exist) with copies of ``model_dir``'s checkpoints
+    up to ``step``, as a run stopped after saving checkpoint ``step`` leaves them: its
+    ``checkpoint`` file lists them with their save times, which TensorFlow's
+    ``CheckpointManager`` keeps and prunes them by. The event files are not copied. Written
+    aside, then renamed.
 
     Raises:
-      ValueError: if ``destination`` exists, or ``model_dir`` lists no checkpoint up to ``step``.
+      ValueError: if ``destination`` exists, or ``model_dir`` has no valid ``checkpoint`` file
+        listing a checkpoint up to ``step`` whose files are there.
     """
     model_dir, destination = os.fspath(model_dir), os.fspath(destination)
     if os.path.lexists(destination):
         raise ValueError(f"{destination} exists already")
-    with open(os.path.join(model_dir, "checkpoint"), "rb") as listing:
-        state = checkpoint_state.parse(listing.read())
-    times = dict(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps))
-    kept = [path for path in state.all_model_checkpoint_paths if averaging.checkpoint_step(path) <= step]
+    state_path = os.path.join(model_dir, "checkpoint")
+    try:
+        with open(state_path, "rb") as listing:
+            state = checkpoint_state.parse(listing.read())
+    except (OSError, checkpoint_state.StateError) as error:
+        raise ValueError(f"{state_path}: {error}") from None
+    listed = state.all_model_checkpoint_paths or [state.model_checkpoint_path]
+    times = state.all_model_checkpoint_timestamps
+    kept = [i for i, path in enumerate(listed) if averaging.checkpoint_step(path) <= step]
     if not kept:
-        raise ValueError(f"{model_dir} lists no checkpoint up to step {step}")
-    names = {os.path.basename(path) for path in kept}
+        raise ValueError(f"{state_path} lists no checkpoint up to step {step}")
+    prefixes = [os.path.basename(listed[i]) for i in kept]
+    files = {prefix: [name for name in os.listdir(model_dir) if name.startswith(prefix + ".")] for prefix in prefixes}
+    missing = [prefix for prefix, names in files.items() if prefix + ".index" not in names]
+    if missing:
+        raise ValueError(f"{model_dir} has no {', '.join(missing)} (listed in its checkpoint file)")
     aside = destination + ".copying"
     shutil.rmtree(aside, ignore_errors=True)
     os.makedirs(aside)
-    for name in os.listdir(model_dir):
-        if name.split(".")[0] in names:
-            try:
-                os.link(os.path.join(model_dir, name), os.path.join(aside, name))
-            except OSError:
-                shutil.copy2(os.path.join(model_dir, name), aside)
-    timestamps = [times[path] for path in kept] if len(times) == len(state.all_model_checkpoint_paths) else None
+    for name in (name for names in files.values() for name in names):
+        shutil.copy2(os.path.join(model_dir, name), aside)
     write_lines(os.path.join(aside, "checkpoint"), checkpoint_state.format_state(
-        os.path.basename(kept[-1]), [os.path.basename(path) for path in kept], timestamps,
+        prefixes[-1], prefixes, [times[i] for i in kept] if len(times) == len(listed) else None,
         state.last_preserved_timestamp).splitlines())
     os.replace(aside, destination)
 
@@ -403,7 +407,8 @@ class Experiment:
         return os.path.join(self.work_dir, "configs", f"{self.run_key(recipe, seed)}.yml")
 
     def train(self, recipe: Recipe, seed: int, paths: dict[str, str]) -> str:
-        """Trains a recipe's run (or resumes it); returns its model directory."""
+        """Trains a recipe's run (or resumes it), from the run it branches off if any
+        (:class:`Branch`); returns its model directory."""
         key = self.run_key(recipe, seed)
         config = self.training_config(recipe, seed, paths)
         if key in self.results["runs"]:
@@ -445,6 +450,9 @@ class Experiment:
                 self.log(f"{key}: {parent_key} has no checkpoint at or before step {branch.step} to branch off; "
                          "training from scratch")
                 return {}
+            if os.path.lexists(model_dir):
+                raise RuntimeError(f"{model_dir} exists but holds no checkpoint: remove it to let {key} branch "
+                                   f"off {parent_key}")
             self.record("branches", key, {"run": parent_key, "step": at})
         if key not in self.results.get("branches", {}):
             return {}

@@ -12,11 +12,13 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, tool
 import toy_corpus
 from experiments import runner, translation as experiment
+from onmt_trainkit import checkpoint_state
 
 
 def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
@@ -241,6 +243,23 @@ def test_a_copy_of_the_checkpoints_up_to_a_step_resumes_as_a_stopped_run(tmp_pat
 
     with pytest.raises(ValueError, match=f"{re.escape(str(copy))} exists already"):
         runner.copy_checkpoints(source, 6, copy)
-    with pytest.raises(ValueError, match=r"source lists no checkpoint up to step 3"):
+    with pytest.raises(ValueError, match=r"source/checkpoint lists no checkpoint up to step 3"):
         runner.copy_checkpoints(source, 3, tmp_path / "early")
     assert sorted(os.listdir(tmp_path)) == ["copy", "source"]
+
+
+def test_a_checkpoint_file_with_save_times_reads_in_tensorflow_as_written(tmp_path):
+    import tensorflow as tf
+
+    text = checkpoint_state.format_state("ckpt-9", ["ckpt-9", "ckpt-3", "ckpt-6"], [1.5, 2.25, 1e9 + 0.125],
+                                         np.float64(0.5))
+    (tmp_path / "checkpoint").write_text(text)
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-3", "ckpt-6", "ckpt-9"]
+    assert list(state.all_model_checkpoint_timestamps) == [1.5, 2.25, 1e9 + 0.125]
+    assert state.last_preserved_timestamp == 0.5
+    parsed = checkpoint_state.parse(text.encode())
+    assert parsed.all_model_checkpoint_timestamps == [1.5, 2.25, 1e9 + 0.125]
+    assert parsed.last_preserved_timestamp == 0.5
+    with pytest.raises(ValueError, match="3 checkpoints listed, 2 timestamps"):
+        checkpoint_state.format_state("ckpt-9", ["ckpt-3", "ckpt-6"], [1.0, 2.0])

@@ -145,17 +145,22 @@ def format_state(
     """Returns the text of a ``checkpoint`` file listing ``paths`` (oldest first), ``latest`` last.
 
     Args:
-      latest: The newest checkpoint.
-      paths: The others, oldest first (``latest`` among them is listed once, last).
-      timestamps: The save times of ``paths`` then ``latest`` (as listed), if any.
-      last_preserved_timestamp: Checkpoints saved before it are kept for good, if given.
+      latest: The newest checkpoint, listed last.
+      paths: The checkpoints listed before it, oldest first (``latest`` is left out of them
+        when given among them).
+      timestamps: If given, the save times of the checkpoints in the order they are listed
+        (``paths`` without ``latest``, then ``latest``).
+      last_preserved_timestamp: If given, checkpoints saved before it are kept for good.
+
+    Raises:
+      ValueError: if ``timestamps`` and the listed checkpoints differ in number.
     """
     listed = [p for p in paths if p != latest] + [latest]
     if timestamps is not None and len(timestamps) != len(listed):
         raise ValueError(f"{len(listed)} checkpoints listed, {len(timestamps)} timestamps")
     lines = [f'{MODEL_CHECKPOINT_PATH}: "{_escape(latest)}"']
     lines += [f'{ALL_MODEL_CHECKPOINT_PATHS}: "{_escape(p)}"' for p in listed]
-    lines += [f"{ALL_MODEL_CHECKPOINT_TIMESTAMPS}: {time!r}" for time in timestamps or []]
+    lines += [f"{ALL_MODEL_CHECKPOINT_TIMESTAMPS}: {float(time)!r}" for time in timestamps or []]
     if last_preserved_timestamp is not None:
-        lines.append(f"{LAST_PRESERVED_TIMESTAMP}: {last_preserved_timestamp!r}")
+        lines.append(f"{LAST_PRESERVED_TIMESTAMP}: {float(last_preserved_timestamp)!r}")
     return "\n".join(lines) + "\n"

@@ -218,7 +218,8 @@ def copy_checkpoints(model_dir: str | os.PathLike, step: int, destination: str |
     if not kept:
         raise ValueError(f"{state_path} lists no checkpoint up to step {step}")
     prefixes = [os.path.basename(listed[i]) for i in kept]
-    files = {prefix: [name for name in os.listdir(model_dir) if name.startswith(prefix + ".")] for prefix in prefixes}
+    present = os.listdir(model_dir)
+    files = {prefix: [name for name in present if name.startswith(prefix + ".")] for prefix in prefixes}
     missing = [prefix for prefix, names in files.items() if prefix + ".index" not in names]
     if missing:
         raise ValueError(f"{model_dir} has no {', '.join(missing)} (listed in its checkpoint file)")

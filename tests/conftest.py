@@ -51,6 +51,15 @@ def onmt_main(*args: str, check: bool = True, stock: bool = False) -> subprocess
     return run([os.path.join(BIN, "onmt-main"), *args], check=check, **variables)
 
 
+def assert_refused(process: subprocess.CompletedProcess, message: str) -> None:
+    """Checks that ``onmt-main`` refused a value as the plugin does: exit status 2, the last
+    line of stderr ``onmt-main: error: `` followed by a line holding ``message``, no traceback."""
+    assert process.returncode == 2, process.stderr[-3000:]
+    assert "Traceback" not in process.stderr, process.stderr[-3000:]
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith("onmt-main: error: ") and message in last, last
+
+
 def tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, os.path.join(ROOT, "tools", name), *args], check=check)
 

@@ -19,7 +19,7 @@ import opennmt
 import pytest
 import tensorflow as tf
 
-from conftest import data_config, onmt_main, write_yaml
+from conftest import assert_refused, data_config, onmt_main, write_yaml
 from experiments.runner import copy_checkpoints
 from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit.events import read_scalars
@@ -246,6 +246,5 @@ def test_freeze_layers_changed_restores_by_name(runs, tmp_path, corpus, model_fi
 def test_bad_moving_average_decay_is_refused(tmp_path, corpus, model_file):
     config = run_config(tmp_path, corpus, "run", max_step=5, moving_average_decay=[0.999, 0.999])
     process = onmt_main("--model", model_file, "--config", config, "train", check=False)
-    assert process.returncode != 0
-    assert ("train.moving_average_decay must be a list of distinct decays (0.999 is given twice), "
-            "got [0.999, 0.999]") in process.stderr
+    assert_refused(process, "train.moving_average_decay must be a list of distinct decays (0.999 is given twice), "
+                            "got [0.999, 0.999]")

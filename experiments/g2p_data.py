@@ -91,6 +91,12 @@ def closest(hypothesis: Sequence[str], references: Sequence[Sequence[str]]) -> t
                key=lambda pair: (pair[0], -pair[1]))
 
 
+def wrong_words(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]) -> list[bool]:
+    """Whether each word's output is none of its listed pronunciations."""
+    return [tuple(hypothesis) not in {tuple(reference) for reference in listed}
+            for hypothesis, listed in zip(hypotheses, references)]
+
+
 def error_rates(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]) -> dict:
     r"""The word and phoneme error rates, in percent, as the G2P literature scores them.
 
@@ -109,9 +115,9 @@ def error_rates(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequen
     """
     if len(hypotheses) != len(references) or not references:
         raise ValueError(f"expected one hypothesis per word, got {len(hypotheses)} for {len(references)} words")
-    wrong = edits = length = 0
+    wrong = sum(wrong_words(hypotheses, references))
+    edits = length = 0
     for hypothesis, listed in zip(hypotheses, references):
-        wrong += tuple(hypothesis) not in {tuple(reference) for reference in listed}
         distance, size = closest(hypothesis, listed)
         edits += distance
         length += size

@@ -208,13 +208,21 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     assert set(first.results["scores"]) == {"noam-seed1", "noam_avg-seed1", "noam_ema-seed1", "noam_ema_avg-seed1"}
     averaged = str(tmp_path / "averaged" / "noam_ema_avg-seed1")
     assert averaging.checkpoint_step(averaging.listed_checkpoints(averaged)[-1]) == 6
-    # The recorded error rates, computed again from the decoded words: WER by exact match.
+    # The recorded error rates, computed again from the decoded words: WER by exact match, and
+    # which words are wrong, one bit each, the first word in the highest bit.
+    wrong = {}
     for name in sorted(first.results["scores"]):
         decoded = (tmp_path / "predictions" / f"{name}.test").read_text().splitlines()
-        wrong = sum(line.split() not in listed for line, listed in zip(decoded, references))
-        assert first.results["scores"][name]["wer"] == round(100 * wrong / 20, 2)
+        wrong[name] = [line.split() not in listed for line, listed in zip(decoded, references)]
+        assert first.results["scores"][name]["wer"] == round(100 * sum(wrong[name]) / 20, 2)
+        bits = "".join("1" if flag else "0" for flag in wrong[name]).ljust(24, "0")
+        assert first.results["scores"][name]["wrong"] == f"{int(bits, 2):06x}"
 
-    # Run again: nothing is trained or decoded again.
+    # Run again: nothing is trained or decoded again; a score recorded without its wrong words
+    # gets them from its predictions.
+    saved = json.loads((tmp_path / "results.json").read_text())
+    del saved["scores"]["noam_ema-seed1"]["wrong"]
+    (tmp_path / "results.json").write_text(json.dumps(saved))
     messages: list[str] = []
     again = g2p.Experiment(str(tmp_path), settings, log=messages.append)
     again.run(splits, recipes)
@@ -227,6 +235,10 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     assert table[0] == "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |"
     ema = again.results["scores"]["noam_ema-seed1"]
     assert f"| Noam: EMA 0.9 | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | {run['dev_loss']['6']:.2f} |" in table
+    # The paired differences: the moving average against the raw weights of its run, in points.
+    difference = 100 * (np.mean(wrong["noam_ema-seed1"]) - np.mean(wrong["noam-seed1"]))
+    assert any(line.startswith(f"| Noam: EMA 0.9 | {difference:+.2f} [") for line in table), table
+    assert any(line.startswith("| Noam: last checkpoint | – | ") for line in table), table
     assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

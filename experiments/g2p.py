@@ -130,6 +130,8 @@ def schedule_params(schedule: str, settings: Settings, peak: float) -> dict:
     raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
+_MODELS = ("", "_ema", "_avg", "_ema_avg")
+"""The suffixes of the four models that each schedule's run gives (:func:`recipes`)."""
 _DESCRIPTIONS = {"noam": "Noam", "cosine": "warmup + cosine", "wsd": "warmup-stable-decay (1-sqrt)",
                  "constant": "warmup + constant"}
 
@@ -316,13 +318,36 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
             for r in selected if r.name in wrong]
 
 
+def overview(results: dict, selected: list[Recipe]) -> str:
+    """The WER of the four models of each schedule side by side (mean ± sd over seeds), a row
+    per schedule, as Markdown followed by a blank line; empty for the peak search."""
+    rows = {row["recipe"]: row for row in summary(results, selected)}
+    schedules = [s for s in SCHEDULES if any(f"{s}{suffix}" in rows for suffix in _MODELS)]
+    if not schedules:
+        return ""
+    settings = results["settings"]
+    headers = ["last checkpoint", f"EMA {settings['ema']:g}", f"average of the last {settings['average']}",
+               f"EMA, average of the last {settings['average']}"]
+    lines = [f"{settings['scored']} WER % (mean ± sd over the seeds)", "",
+             "| schedule | seeds | " + " | ".join(headers) + " |", "|---" * (len(headers) + 2) + "|"]
+    for schedule in schedules:
+        cells = []
+        for suffix in _MODELS:
+            row = rows.get(f"{schedule}{suffix}")
+            spread = f" ± {row['wer_std']:.2f}" if row and row["seeds"] > 1 else ""
+            cells.append(f"{row['wer']:.2f}{spread}" if row else "–")
+        seeds = max(rows[f"{schedule}{suffix}"]["seeds"] for suffix in _MODELS if f"{schedule}{suffix}" in rows)
+        lines.append(f"| {_DESCRIPTIONS[schedule]} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n"
+
+
 def table(results: dict, selected: list[Recipe]) -> str:
-    """The results as Markdown: a row per recipe (:func:`summary`), headed by the split
-    scored; then, when the wrong words are recorded, the paired differences
-    (:func:`differences`)."""
+    """The results as Markdown: the schedules side by side (:func:`overview`), a row per recipe
+    (:func:`summary`), headed by the split scored; then, when the wrong words are recorded,
+    the paired differences (:func:`differences`)."""
     scored = results["settings"]["scored"]
-    text = runner.markdown_table(summary(results, selected), [(f"{scored} WER %", "wer", 2),
-                                                              (f"{scored} PER %", "per", 2)])
+    text = overview(results, selected) + runner.markdown_table(
+        summary(results, selected), [(f"{scored} WER %", "wer", 2), (f"{scored} PER %", "per", 2)])
     rows = differences(results, selected)
     if not rows:
         return text

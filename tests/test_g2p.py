@@ -232,8 +232,16 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
 
     g2p.write_report(again.results, recipes, str(tmp_path / "report"))
     table = (tmp_path / "report" / "results.md").read_text().splitlines()
-    assert table[0] == "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |"
-    ema = again.results["scores"]["noam_ema-seed1"]
+    # The four models of the run side by side, then a row each.
+    scores = again.results["scores"]
+    assert table[:5] == [
+        "test WER % (mean ± sd over the seeds)", "",
+        "| schedule | seeds | last checkpoint | EMA 0.9 | average of the last 2 | EMA, average of the last 2 |",
+        "|---|---|---|---|---|---|",
+        "| Noam | 1 | " + " | ".join(f"{scores[f'noam{suffix}-seed1']['wer']:.2f}"
+                                    for suffix in ("", "_ema", "_avg", "_ema_avg")) + " |"]
+    assert "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |" in table
+    ema = scores["noam_ema-seed1"]
     assert f"| Noam: EMA 0.9 | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | {run['dev_loss']['6']:.2f} |" in table
     # The paired differences: the moving average against the raw weights of its run, in points.
     difference = 100 * (np.mean(wrong["noam_ema-seed1"]) - np.mean(wrong["noam-seed1"]))

@@ -52,8 +52,9 @@ def onmt_main(*args: str, check: bool = True, stock: bool = False) -> subprocess
 
 
 def assert_refused(process: subprocess.CompletedProcess, message: str) -> None:
-    """Checks that ``onmt-main`` refused a value as the plugin does: exit status 2, the last
-    line of stderr ``onmt-main: error: `` followed by a line holding ``message``, no traceback."""
+    """Checks that ``onmt-main`` refused a value as the plugin does: exit status 2, no
+    traceback, and the last line of stderr starting with ``onmt-main: error: `` and holding
+    ``message``."""
     assert process.returncode == 2, process.stderr[-3000:]
     assert "Traceback" not in process.stderr, process.stderr[-3000:]
     last = process.stderr.strip().splitlines()[-1]

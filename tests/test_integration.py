@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from onmt_trainkit import integration, schedules
 def test_import_activates_and_deactivate_restores_stock_opennmt():
     stock_noam = opennmt.schedules.NoamDecay
     assert integration.is_active()
+    assert hasattr(importlib.import_module("opennmt.bin.main").main, "__wrapped__")  # onmt-main's, once imported
     assert opennmt.training.Trainer is integration.Trainer
     assert lr_schedules.get_lr_schedule_class("NoamDecay") is schedules.NoamDecay
     assert lr_schedules.get_lr_schedule_class("WarmupStableDecay") is schedules.WarmupStableDecay
@@ -30,12 +32,21 @@ def test_import_activates_and_deactivate_restores_stock_opennmt():
         assert opennmt.models.Model.get_optimizer.__module__ == "opennmt.models.model"
         assert opennmt.Runner._finalize_config.__module__ == "opennmt.runner"
         assert opennmt.runner._auto_tune_batch_size.__module__ == "opennmt.runner"
+        assert not hasattr(opennmt.bin.main.main, "__wrapped__")
         assert lr_schedules.get_lr_schedule_class("NoamDecay") is stock_noam
         with pytest.raises(ValueError, match="Unknown learning rate schedule: WarmupStableDecay"):
             lr_schedules.get_lr_schedule_class("WarmupStableDecay")
     finally:
         onmt_trainkit.activate()
     assert opennmt.training.Trainer is integration.Trainer
+    assert hasattr(opennmt.bin.main.main, "__wrapped__")
+
+
+def test_onmt_main_run_as_a_module_does_not_warn():
+    # OpenNMT-tf's batch-size trials run `python -m opennmt.bin.main`: the plugin, active in them,
+    # must not have imported that module before runpy executes it (a RuntimeWarning, an error here).
+    process = run([sys.executable, "-W", "error::RuntimeWarning", "-m", "opennmt.bin.main", "--version"])
+    assert process.stdout.strip() == f"OpenNMT-tf {opennmt.__version__}"
 
 
 def test_other_opennmt_versions_are_refused():

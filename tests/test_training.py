@@ -169,6 +169,13 @@ def test_onmt_trainkit_0_1_checkpoint_resumes_exactly(runs, tmp_path, corpus, mo
     tf.train.Checkpoint(model=model, optimizer=optimizer, moving_average=state).write(prefix)
     old = all_tensors(prefix)
     assert f"moving_average/weights/49{VALUE}" in old and not any(n.startswith(RAW) for n in old)
+    # With other trainable variables (freeze_layers), weights kept by position cannot be matched.
+    frozen = run_config(tmp_path, corpus, "old", "old_frozen", max_step=STEPS,
+                        params={"freeze_layers": ["encoder/layers/0"]}, **EMA)
+    refused = onmt_main("--model", model_file, "--config", frozen, "--seed", "2", "train", check=False)
+    assert_refused(refused, "ckpt-5 keeps the training weights of 50 trainable variables by position "
+                            "(onmt-trainkit 0.1.0's layout) but the model has ")
+    assert tf.train.latest_checkpoint(str(stopped)) == prefix
     process = train(model_file, run_config(tmp_path, corpus, "old", max_step=STEPS, **EMA))
     assert re.search(r"Moving average: restored the training weights and the averages \(decay 0.45: 2 updates\) "
                      r"from \S*old/ckpt-5, written by position \(onmt-trainkit 0.1.0\)", process.stderr)

@@ -91,36 +91,45 @@ class _ActivateOnImport:
     def find_spec(self, name: str, path: object = None, target: object = None):
         if name != "opennmt" and not name.startswith(__name__ + "."):
             return None
-        spec = None
-        for finder in sys.meta_path:
-            if finder is not self and hasattr(finder, "find_spec"):
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        execute = spec.loader.exec_module
         owner = type(self)
 
-        if name == "opennmt":
+        def wrap(execute):
+            if name == "opennmt":
 
-            def exec_module(module: object) -> None:
-                execute(module)
-                owner._activate_when_ready()
-
-        else:
-
-            def exec_module(module: object) -> None:
-                owner._loading += 1
-                try:
+                def exec_module(module: object) -> None:
                     execute(module)
-                finally:
-                    owner._loading -= 1
-                if owner._pending:
                     owner._activate_when_ready()
 
-        spec.loader.exec_module = exec_module
+            else:
+
+                def exec_module(module: object) -> None:
+                    owner._loading += 1
+                    try:
+                        execute(module)
+                    finally:
+                        owner._loading -= 1
+                    if owner._pending:
+                        owner._activate_when_ready()
+
+            return exec_module
+
+        return _spec_executing_with(self, name, path, target, wrap)
+
+
+def _spec_executing_with(finder: object, name: str, path: object, target: object, wrap):
+    """The spec that the other finders of ``sys.meta_path`` than ``finder`` give for module
+    ``name``, its loader's ``exec_module`` replaced by ``wrap(exec_module)`` (code to run
+    around the module's execution); as found when the loader cannot execute modules."""
+    spec = None
+    for other in sys.meta_path:
+        if other is not finder and hasattr(other, "find_spec"):
+            spec = other.find_spec(name, path, target)
+            if spec is not None:
+                break
+    if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
         return spec
+    spec.loader.exec_module = wrap(spec.loader.exec_module)
+    return spec
 
 
 if enabled():

@@ -21,8 +21,9 @@
   resumed run takes the training weights from a checkpoint that holds them, whether the
   moving average is still on or not;
 - ``opennmt.utils.checkpoint.average_checkpoints``: :mod:`onmt_trainkit.averaging`;
-- ``opennmt.bin.main.main`` (what ``onmt-main`` runs): a value the plugin refuses ends the
-  command with exit status 2 and one line, ``onmt-main: error: <message>``, not a traceback.
+- ``opennmt.bin.main.main`` (what ``onmt-main`` runs), once that module is imported: a value
+  the plugin refuses ends the command with exit status 2 and, as the last line of its standard
+  error, ``onmt-main: error: <message>``, not a traceback.
 
 :func:`deactivate` puts every original back.
 """
@@ -32,8 +33,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib.abc
+import importlib.machinery
 import sys
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
@@ -41,15 +45,20 @@ import opennmt
 import tensorflow as tf
 from opennmt import runner as runner_module
 from opennmt import training
-from opennmt.bin import main as main_module
 from opennmt.schedules import lr_schedules
 from opennmt.utils import checkpoint as checkpoint_util
 
-from onmt_trainkit import OPENNMT_VERSION, averaging, config, schedules, summary, weight_decay
+from onmt_trainkit import OPENNMT_VERSION, _spec_executing_with, averaging, config, output, schedules, summary
+from onmt_trainkit import weight_decay
 from onmt_trainkit import moving_average
 from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit.errors import ConfigError
 from onmt_trainkit.moving_average import MovingAverage, StateMismatchError
+
+_MAIN_MODULE = "opennmt.bin.main"
+_REFUSALS = (ConfigError, StateMismatchError, averaging.AveragingError, output.OutputError, layout.LayoutError)
+"""What the plugin refuses with a message for the user: a configuration value, a checkpoint
+that cannot be resumed, an averaging request (``onmt-main average_checkpoints``)."""
 
 _MAX_STEP_ATTRIBUTE = "_onmt_trainkit_max_step"
 _TRAIN_ATTRIBUTE = "_onmt_trainkit_train"
@@ -90,7 +99,10 @@ def activate() -> None:
     _replace(checkpoint_util, "average_checkpoints", _average_checkpoints)
     _replace(checkpoint_util.Checkpoint, "restore", _restore_checkpoint)
     _replace(training.TrainingStats, "log", _log_training_stats)
-    _replace(main_module, "main", _refusing_in_one_line(main_module.main))
+    if _MAIN_MODULE in sys.modules:
+        _wrap_main(sys.modules[_MAIN_MODULE])
+    else:
+        sys.meta_path.insert(0, _WrapMainOnImport())
     registry = lr_schedules._LR_SCHEDULES_REGISTRY._registry
     for name, cls in schedules.SCHEDULES.items():
         _replaced_schedules[name] = registry.get(name)
@@ -99,6 +111,7 @@ def activate() -> None:
 
 def deactivate() -> None:
     """Restores stock OpenNMT-tf."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _WrapMainOnImport)]
     for (owner, name), original in _originals.items():
         setattr(owner, name, original)
     _originals.clear()
@@ -120,18 +133,46 @@ def _original(owner: Any, name: str) -> Any:
     return _originals[(owner, name)]
 
 
+def _wrap_main(module: types.ModuleType) -> None:
+    """Replaces ``main`` of ``opennmt.bin.main`` by :func:`_refusing_in_one_line` of it."""
+    _replace(module, "main", _refusing_in_one_line(module.main))
+
+
+class _WrapMainOnImport(importlib.abc.MetaPathFinder):
+    """Wraps ``main`` right after ``opennmt.bin.main`` is imported: the ``onmt-main`` console
+    script imports it after ``opennmt``, whose import activated the plugin. Importing it at
+    activation instead would make ``python -m opennmt.bin.main`` (OpenNMT-tf's batch-size
+    trials) warn that the module it runs was imported first; run that way, it is not wrapped."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != _MAIN_MODULE:
+            return None
+
+        def wrap(execute: Callable[[types.ModuleType], None]) -> Callable[[types.ModuleType], None]:
+            def exec_module(module: types.ModuleType) -> None:
+                execute(module)
+                if is_active():
+                    _wrap_main(module)
+
+            return exec_module
+
+        return _spec_executing_with(self, name, path, target, wrap)
+
+
 def _refusing_in_one_line(main: Callable[[], Any]) -> Callable[[], Any]:
-    """Wraps ``onmt-main``'s ``main``: a configuration or a checkpoint that the plugin refuses
-    (:class:`~onmt_trainkit.errors.ConfigError`,
-    :class:`~onmt_trainkit.moving_average.StateMismatchError`) exits with status 2 and one line
-    on stderr, as argparse reports a bad option; any other error keeps its traceback."""
+    """Wraps ``onmt-main``'s ``main``: what the plugin refuses (:data:`_REFUSALS`) exits with
+    status 2 and one line on stderr, as argparse reports a bad option (the traceback is logged
+    at the DEBUG level: ``--log_level DEBUG``); any other error keeps its traceback."""
 
     @functools.wraps(main)
     def refusing_main() -> Any:
         try:
             return main()
-        except (ConfigError, StateMismatchError) as error:
-            sys.stderr.write(f"onmt-main: error: {error}\n")
+        except _REFUSALS as error:
+            tf.get_logger().debug("onmt-trainkit refused the command", exc_info=True)
+            sys.stderr.write(f"onmt-main: error: {' '.join(str(error).split())}\n")
             sys.exit(2)
 
     return refusing_main

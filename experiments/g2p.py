@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from onmt_trainkit import averaging
 
 from experiments import paired, runner
@@ -225,9 +226,15 @@ class Experiment(runner.Experiment):
         split = self.settings.scored
         for recipe in recipes:
             name = f"{recipe.name}-seed{seed}"
-            score, output = self.results["scores"].get(name), self.predictions_path(split, name)
-            if score is not None and "wrong" not in score and os.path.exists(output):
-                self.record("scores", name, {**score, "wrong": self.wrong(output, paths[f"{split}_refs"])})
+            score = self.results["scores"].get(name)
+            if score is None or "wrong" in score or not os.path.exists(self.predictions_path(split, name)):
+                continue
+            wrong, wer = self.wrong(split, name, paths)
+            if wer == score["wer"]:
+                self.record("scores", name, {**score, "wrong": wrong})
+            else:
+                self.log(f"{name}: its {split} predictions give a WER of {wer}, not the {score['wer']} recorded: "
+                         "its wrong words are not recorded")
         run = dict(self.results["runs"][key])
         curve = {str(averaging.checkpoint_step(checkpoint)): checkpoint for checkpoint in
                  curve_checkpoints(averaging.listed_checkpoints(model_dir), self.settings.curve_every)}
@@ -248,14 +255,14 @@ class Experiment(runner.Experiment):
                 run[f"dev_{metric}"] = {**run.get(f"dev_{metric}", {}), step: measured[metric]}
         self.record("runs", key, run)
         for name, recipe in scored.items():
-            self.record("scores", name, {"recipe": recipe.name, "seed": seed, **rates[(self.settings.scored, name)]})
+            self.record("scores", name, {"recipe": recipe.name, "seed": seed, **rates[(split, name)],
+                                         "wrong": self.wrong(split, name, paths)[0]})
 
     def decode(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str],
                jobs: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict]:
         """Decodes greedily, in one process (:mod:`experiments.decode`), the words of each
         ``(split, name)`` of ``jobs`` with its checkpoint, into ``predictions/<name>.<split>``;
-        returns by ``(split, name)`` their word and phoneme error rates (rounded to 0.01) and,
-        on the scored split, which words are wrong (``wrong``, packed)."""
+        returns their word and phoneme error rates (rounded to 0.01) by ``(split, name)``."""
         key = self.run_key(recipe, seed)
         os.makedirs(os.path.join(self.work_dir, "predictions"), exist_ok=True)
         outputs = {job: self.predictions_path(*job) for job in jobs}
@@ -272,20 +279,18 @@ class Experiment(runner.Experiment):
             hypotheses = [line.split() for line in read_lines(output)]
             rates[(split, name)] = {metric: round(value, 2)
                                     for metric, value in error_rates(hypotheses, references[split]).items()}
-            if split == self.settings.scored:
-                rates[(split, name)]["wrong"] = paired.pack(wrong_words(hypotheses, references[split]))
         return rates
 
     def predictions_path(self, split: str, name: str) -> str:
         """Where :meth:`decode` writes the output of ``name`` on ``split``."""
         return os.path.join(self.work_dir, "predictions", f"{name}.{split}")
 
-    @staticmethod
-    def wrong(output: str, references: str) -> str:
-        """Which words of a decoding (``output``) are wrong against ``references`` (a
-        ``SPLIT.refs`` file), packed (:func:`experiments.paired.pack`)."""
-        listed = [[p.split() for p in line.split("\t")] for line in read_lines(references)]
-        return paired.pack(wrong_words([line.split() for line in read_lines(output)], listed))
+    def wrong(self, split: str, name: str, paths: dict[str, str]) -> tuple[str, float]:
+        """Which words of ``split`` the decoding ``name`` (:meth:`predictions_path`) got wrong,
+        packed (:func:`experiments.paired.pack`), and their word error rate (rounded to 0.01)."""
+        listed = [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
+        flags = wrong_words([line.split() for line in read_lines(self.predictions_path(split, name))], listed)
+        return paired.pack(flags), round(100 * sum(flags) / len(flags), 2)
 
 
 def summary(results: dict, selected: list[Recipe]) -> list[dict]:
@@ -295,27 +300,36 @@ def summary(results: dict, selected: list[Recipe]) -> list[dict]:
 
 
 def differences(results: dict, selected: list[Recipe]) -> list[dict]:
-    """Per recipe whose every score records its wrong words: the difference of its WER, in
-    points, to the last checkpoint of its own training run (``own``) and to the recipe of
-    lowest mean WER (``best``; ``to_best``), each ``(delta, low, high)`` (``None`` for the
-    recipe itself) with the 95% paired-bootstrap interval over the scored words
-    (:func:`experiments.paired.wer_difference`, over each recipe's seeds)."""
+    """Per recipe whose every score records its wrong words, the difference of its WER to
+    the last checkpoint of its own training run (``own``, on the seeds both have: the same
+    runs) and to the recipe of lowest mean WER (``to_best``, named by ``best``; the means over
+    all the seeds of each), in points: ``None`` for the recipe itself, else a dict with
+    ``delta``, the ``low`` and ``high`` ends of its paired-bootstrap interval over the scored
+    words (:func:`experiments.paired.wer_difference`) and the difference ``by_seed`` on each
+    seed that both have."""
     size = results["settings"][f"{results['settings']['scored']}_size"]
-    wrong = {}
+    wrong: dict[str, dict[int, np.ndarray]] = {}
     for recipe in selected:
-        scores = [s for s in results["scores"].values() if s["recipe"] == recipe.name]
+        scores = sorted((s for s in results["scores"].values() if s["recipe"] == recipe.name), key=lambda s: s["seed"])
         if scores and all("wrong" in s for s in scores):
-            wrong[recipe.name] = [paired.unpack(s["wrong"], size) for s in scores]
+            wrong[recipe.name] = {s["seed"]: paired.unpack(s["wrong"], size) for s in scores}
     if not wrong:
         return []
-    best = min(wrong, key=lambda name: sum(w.mean() for w in wrong[name]) / len(wrong[name]))
+    best = min(wrong, key=lambda name: sum(w.mean() for w in wrong[name].values()) / len(wrong[name]))
 
-    def against(name: str, other: str | None) -> tuple[float, float, float] | None:
-        return None if other in (name, None) else paired.wer_difference(wrong[name], wrong[other])
+    def against(name: str, other: str, common_seeds: bool) -> dict | None:
+        if other == name or other not in wrong:
+            return None
+        common = [seed for seed in wrong[name] if seed in wrong[other]]
+        first, second = ([system[s] for s in (common if common_seeds else system)]
+                         for system in (wrong[name], wrong[other]))
+        delta, low, high = paired.wer_difference(first, second)
+        by_seed = [100 * (wrong[name][s].mean() - wrong[other][s].mean()) for s in common]
+        return {"delta": delta, "low": low, "high": high, "by_seed": by_seed}
 
-    return [{"recipe": r.name, "description": r.description, "best": best, "to_best": against(r.name, best),
-             "own": against(r.name, r.training if r.training in wrong else None)}
-            for r in selected if r.name in wrong]
+    return [{"recipe": r.name, "description": r.description, "best": best,
+             "own": against(r.name, r.training, common_seeds=True),
+             "to_best": against(r.name, best, common_seeds=False)} for r in selected if r.name in wrong]
 
 
 def overview(results: dict, selected: list[Recipe]) -> str:
@@ -353,14 +367,21 @@ def table(results: dict, selected: list[Recipe]) -> str:
         return text
     best = next(row["description"] for row in rows if row["recipe"] == rows[0]["best"])
 
-    def cell(difference: tuple[float, float, float] | None) -> str:
-        return "–" if difference is None else "{:+.2f} [{:+.2f}, {:+.2f}]".format(*difference)
+    def cell(difference: dict | None) -> str:
+        if difference is None:
+            return "–"
+        seeds = ", ".join(f"{value:+.2f}" for value in difference["by_seed"])
+        return "{delta:+.2f} [{low:+.2f}, {high:+.2f}]".format(**difference) + (f"; {seeds}" if seeds else "")
 
     lines = [
         "",
-        f"Differences in {scored} WER, in points (negative: fewer errors), between the means over seeds, "
-        f"with a 95% interval from 1,000 paired bootstrap resamples of the {scored} words: it shows how "
-        "much a difference depends on which words were drawn, not on the seeds (their spread is the sd above).",
+        f"Differences in {scored} WER, in points (negative: fewer errors): the difference of the means over "
+        f"seeds, its {paired.CONFIDENCE:.0%} interval from {paired.RESAMPLES:,} paired bootstrap resamples of "
+        f"the {scored} words (how much the difference depends on which words were drawn, not on the seeds), "
+        "then the difference on each seed that both have (how much it depends on the training run). Against "
+        "the last checkpoint of its run, a recipe is compared on the same runs. The recipe of lowest mean WER "
+        "is chosen after the fact, among many: its differences are a little flattering to it. "
+        "–: the recipe itself, or not run.",
         "",
         f"| recipe | against the last checkpoint of its run | against the lowest mean WER ({best}) |",
         "|---|---|---|",

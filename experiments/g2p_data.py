@@ -92,7 +92,13 @@ def closest(hypothesis: Sequence[str], references: Sequence[Sequence[str]]) -> t
 
 
 def wrong_words(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]) -> list[bool]:
-    """Whether each word's output is none of its listed pronunciations."""
+    """Whether each word's output is none of its listed pronunciations.
+
+    Raises:
+      ValueError: if there is not one hypothesis per word.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"expected one hypothesis per word, got {len(hypotheses)} for {len(references)} words")
     return [tuple(hypothesis) not in {tuple(reference) for reference in listed}
             for hypothesis, listed in zip(hypotheses, references)]
 

@@ -1,6 +1,10 @@
 """Paired comparison of systems scored on the same test words: which words each got wrong,
-kept compactly, and the paired bootstrap of their word error rates (Koehn, 2004, "Statistical
-significance tests for machine translation evaluation").
+kept compactly, and a bootstrap interval for the difference of their word error rates.
+
+The resampling is the paired bootstrap of Koehn, "Statistical significance tests for machine
+translation evaluation" (EMNLP 2004): the same test items drawn for both systems; the interval
+is the bootstrap percentile interval (Efron and Tibshirani, "An Introduction to the Bootstrap",
+1993).
 """
 
 from __future__ import annotations
@@ -9,9 +13,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+RESAMPLES = 10000
+"""Bootstrap resamples: at 5,000 words the ends of a 95% interval vary by about 0.01 points
+(standard deviation) with the seed of the resampling."""
+CONFIDENCE = 0.95
+"""The coverage of the intervals."""
+_CHUNK = 500
+"""Resamples drawn at once (a ``_CHUNK`` x words index array)."""
+
 
 def pack(wrong: Sequence[bool]) -> str:
-    """Which words are wrong, one bit a word in order, as a hexadecimal string."""
+    """Which words are wrong, as a hexadecimal string: one bit a word, the first word in the
+    highest bit of the first byte, the last byte padded with zero bits."""
     return np.packbits(np.asarray(wrong, dtype=bool)).tobytes().hex()
 
 
@@ -19,20 +32,23 @@ def unpack(packed: str, size: int) -> np.ndarray:
     """The ``size`` flags that :func:`pack` packed, as a boolean array.
 
     Raises:
-      ValueError: if ``packed`` holds fewer than ``size`` bits, or more than ``size`` rounded
-        up to whole bytes.
+      ValueError: if ``packed`` is not ``size`` flags packed: another number of bytes, or
+        padding bits that are not zero.
     """
     data = np.frombuffer(bytes.fromhex(packed), dtype=np.uint8)
-    if len(data) != (size + 7) // 8:
-        raise ValueError(f"{len(data) * 8} packed bits cannot hold the flags of {size} words")
-    return np.unpackbits(data)[:size].astype(bool)
+    expected = (size + 7) // 8
+    bits = np.unpackbits(data)
+    if len(data) != expected or bits[size:].any():
+        raise ValueError(f"the packed flags do not hold {size} words: {len(data)} bytes, expected {expected} "
+                         "with zero padding bits")
+    return bits[:size].astype(bool)
 
 
 def wer_difference(
     first: Sequence[np.ndarray],
     second: Sequence[np.ndarray],
-    resamples: int = 1000,
-    confidence: float = 0.95,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
     seed: int = 0,
 ) -> tuple[float, float, float]:
     r"""The difference of two systems' word error rates, each the mean over its seeds, and its
@@ -47,29 +63,41 @@ def wer_difference(
         \Delta = \frac{100}{N} \sum_i d_i
 
     in points (negative: the first system is better). Each resample draws :math:`N` words
-    with replacement, the same for every seed of both systems (``c_i`` times word :math:`i`),
-    and gives :math:`\Delta^* = \frac{100}{N} \sum_i c_i d_i`; the interval holds the central
+    with replacement, the same for every seed of both systems, and gives
+    :math:`\Delta^* = \frac{100}{N} \sum_{j=1}^{N} d_{i_j}`; the interval holds the central
     ``confidence`` of the :math:`\Delta^*`. It measures how much :math:`\Delta` depends on
-    which words were drawn for the test set, not on the training seeds.
+    which words were drawn for the test set, for these trained models: not how much it
+    depends on the training seeds.
 
     Args:
       first: Per seed of the first system, which words it got wrong.
       second: The same for the second system, on the same words.
-      resamples: Bootstrap resamples.
-      confidence: The interval's coverage.
+      resamples: Bootstrap resamples, > 0.
+      confidence: The interval's coverage, in (0, 1).
       seed: The resampling's random seed.
 
     Returns:
       ``(delta, low, high)`` in points.
+
+    Raises:
+      ValueError: if the systems are not scored on the same words (or a system's seeds not
+        on as many words), if a system has no seed, or for ``resamples`` or ``confidence``
+        out of range.
     """
-    a = np.mean(np.asarray(first, dtype=np.float64), axis=0)
-    b = np.mean(np.asarray(second, dtype=np.float64), axis=0)
-    if a.shape != b.shape or a.ndim != 1 or not len(a):
-        raise ValueError(f"the two systems must be scored on the same words, got {a.shape} and {b.shape}")
-    differences = a - b
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"resamples must be > 0 and confidence in (0, 1), got {resamples} and {confidence}")
+    sizes = [{len(flags) for flags in system} for system in (first, second)]
+    if any(len(size) != 1 for size in sizes) or sizes[0] != sizes[1] or not sizes[0] - {0}:
+        raise ValueError(f"the two systems must be scored on the same words, every seed on all of them; "
+                         f"got words per seed {[sorted(size) for size in sizes]}")
+    differences = np.mean(np.asarray(first, dtype=np.float64), axis=0) - np.mean(
+        np.asarray(second, dtype=np.float64), axis=0)
     size = len(differences)
-    counts = np.random.default_rng(seed).multinomial(size, np.full(size, 1.0 / size), size=resamples)
-    resampled = 100.0 * (counts @ differences) / size
+    rng = np.random.default_rng(seed)
+    resampled = np.concatenate([
+        differences[rng.integers(0, size, size=(min(_CHUNK, resamples - start), size))].mean(axis=1)
+        for start in range(0, resamples, _CHUNK)
+    ])
     tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(resampled, [tail, 100.0 - tail])
+    low, high = 100.0 * np.percentile(resampled, [tail, 100.0 - tail])
     return 100.0 * float(differences.mean()), float(low), float(high)

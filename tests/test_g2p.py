@@ -243,10 +243,24 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     assert "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |" in table
     ema = scores["noam_ema-seed1"]
     assert f"| Noam: EMA 0.9 | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | {run['dev_loss']['6']:.2f} |" in table
-    # The paired differences: the moving average against the raw weights of its run, in points.
+    # The paired differences: the moving average against the raw weights of its run, in points,
+    # with its interval, then on each seed (one here).
     difference = 100 * (np.mean(wrong["noam_ema-seed1"]) - np.mean(wrong["noam-seed1"]))
-    assert any(line.startswith(f"| Noam: EMA 0.9 | {difference:+.2f} [") for line in table), table
+    row = [line for line in table if line.startswith("| Noam: EMA 0.9 | ")][-1]  # after the table of scores
+    assert row.startswith(f"| Noam: EMA 0.9 | {difference:+.2f} [") and f"]; {difference:+.2f} | " in row, row
     assert any(line.startswith("| Noam: last checkpoint | – | ") for line in table), table
+
+    # Predictions that no longer give the recorded WER: their wrong words are not recorded.
+    saved = json.loads((tmp_path / "results.json").read_text())
+    del saved["scores"]["noam_avg-seed1"]["wrong"]
+    saved["scores"]["noam_avg-seed1"]["wer"] += 5
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    messages.clear()
+    third = g2p.Experiment(str(tmp_path), settings, log=messages.append)
+    third.run(splits, recipes)
+    assert "wrong" not in third.results["scores"]["noam_avg-seed1"]
+    assert (f"noam_avg-seed1: its test predictions give a WER of {scores['noam_avg-seed1']['wer']}, not the "
+            f"{saved['scores']['noam_avg-seed1']['wer']} recorded: its wrong words are not recorded") in messages
     assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -20,11 +20,11 @@ def test_pack_by_hand(flags, packed):
     assert paired.unpack(packed, len(flags)).tolist() == flags
 
 
-def test_unpack_refuses_the_wrong_size():
-    with pytest.raises(ValueError, match="16 packed bits cannot hold the flags of 20 words"):
-        paired.unpack("ffff", 20)
-    with pytest.raises(ValueError, match="16 packed bits cannot hold the flags of 8 words"):
-        paired.unpack("ffff", 8)
+@pytest.mark.parametrize("packed, size, found, expected", [("ffff", 20, 2, 3), ("ffff", 8, 2, 1), ("ff", 4, 1, 1)])
+def test_unpack_refuses_what_is_not_size_flags(packed, size, found, expected):
+    with pytest.raises(ValueError, match=f"the packed flags do not hold {size} words: {found} bytes, expected "
+                                         f"{expected} with zero padding bits"):
+        paired.unpack(packed, size)
 
 
 def test_identical_and_opposite_systems():
@@ -38,10 +38,16 @@ def test_difference_of_the_means_over_seeds_by_hand():
     # Second: its one seed gets word 3 wrong (WER 25). Difference 12.5 points.
     first = [np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool)]
     second = [np.array([0, 0, 0, 1], bool)]
-    delta, low, high = paired.wer_difference(first, second, resamples=2000)
-    assert delta == pytest.approx(12.5)
-    # Per word d = (1, 0.5, 0, -1): a resample's mean lies within [-100, 100] and on 12.5's side.
-    assert -100 <= low < delta < high <= 100
+    assert paired.wer_difference(first, second)[0] == pytest.approx(12.5)
+
+
+def test_the_interval_of_two_words_by_hand():
+    # Per word d = (1, 0): a resample draws word 0 twice (probability 1/4, 100 points), once
+    # (1/2, 50 points) or never (1/4, 0 points), so the central 95% runs from 0 to 100; the
+    # central 40% (30th to 70th percentile) is 50 alone.
+    first, second = [np.array([1, 0], bool)], [np.array([0, 0], bool)]
+    assert paired.wer_difference(first, second) == (50.0, 0.0, 100.0)
+    assert paired.wer_difference(first, second, confidence=0.4) == (50.0, 50.0, 50.0)
 
 
 def test_interval_matches_the_normal_approximation():
@@ -59,6 +65,20 @@ def test_interval_matches_the_normal_approximation():
     assert (low + high) / 2 == pytest.approx(delta, abs=0.1 * half)
 
 
-def test_systems_on_other_words_are_refused():
-    with pytest.raises(ValueError, match=r"the same words, got \(4,\) and \(5,\)"):
-        paired.wer_difference([np.zeros(4, bool)], [np.zeros(5, bool)])
+@pytest.mark.parametrize("first, second, sizes", [
+    ([np.zeros(4, bool)], [np.zeros(5, bool)], r"\[\[4\], \[5\]\]"),
+    ([np.zeros(4, bool), np.zeros(3, bool)], [np.zeros(4, bool)], r"\[\[3, 4\], \[4\]\]"),
+    ([], [np.zeros(4, bool)], r"\[\[\], \[4\]\]"),
+    ([np.zeros(0, bool)], [np.zeros(0, bool)], r"\[\[0\], \[0\]\]"),
+])
+def test_systems_on_other_words_are_refused(first, second, sizes):
+    with pytest.raises(ValueError, match=r"the two systems must be scored on the same words, every seed on all of "
+                                         r"them; got words per seed " + sizes):
+        paired.wer_difference(first, second)
+
+
+@pytest.mark.parametrize("resamples, confidence", [(0, 0.95), (100, 0.0), (100, 1.0)])
+def test_bad_resampling_settings_are_refused(resamples, confidence):
+    with pytest.raises(ValueError, match=f"resamples must be > 0 and confidence in \\(0, 1\\), got {resamples} "
+                                         f"and {confidence}"):
+        paired.wer_difference([np.zeros(4, bool)], [np.zeros(4, bool)], resamples=resamples, confidence=confidence)

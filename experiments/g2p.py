@@ -357,11 +357,16 @@ def overview(results: dict, selected: list[Recipe]) -> str:
 
 def table(results: dict, selected: list[Recipe]) -> str:
     """The results as Markdown: the schedules side by side (:func:`overview`), a row per recipe
-    (:func:`summary`), headed by the split scored; then, when the wrong words are recorded,
-    the paired differences (:func:`differences`)."""
+    (:func:`summary`), headed by the split scored, the training time of the runs; then, when
+    the wrong words are recorded, the paired differences (:func:`differences`)."""
     scored = results["settings"]["scored"]
     text = overview(results, selected) + runner.markdown_table(
         summary(results, selected), [(f"{scored} WER %", "wer", 2), (f"{scored} PER %", "per", 2)])
+    seconds = [run["training_seconds"] for run in results["runs"].values() if "training_seconds" in run]
+    if seconds:
+        text += (f"\nTraining: {sum(seconds) / 3600:.1f} hours of `onmt-main train` processes over {len(seconds)} "
+                 "runs (each from its first to its last event, evaluations included, start-up and decoding not; "
+                 "summed over the processes, which ran side by side).\n")
     rows = differences(results, selected)
     if not rows:
         return text

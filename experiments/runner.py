@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import yaml
 
 from onmt_trainkit import averaging, checkpoint_state
-from onmt_trainkit.events import read_eval_metrics, read_learning_rates
+from onmt_trainkit.events import read_eval_metrics, read_learning_rates, wall_time_spans
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIAL_TOKENS = ("<blank>", "<s>", "</s>")
@@ -153,6 +153,12 @@ def _still_running(process: subprocess.Popen, seconds: float) -> bool:
 def dev_losses(model_dir: str) -> dict[int, float]:
     """``{step: dev loss}`` of the evaluations recorded in ``model_dir``."""
     return {step: metrics["loss"] for step, metrics in read_eval_metrics(model_dir).items() if "loss" in metrics}
+
+
+def training_seconds(model_dir: str) -> int:
+    """The seconds that the ``onmt-main train`` processes of ``model_dir`` trained and
+    evaluated: for each, from its first to its last event (start-up not counted), summed."""
+    return round(sum(last - first for first, last in wall_time_spans(model_dir)))
 
 
 def trained_up_to(model_dir: str) -> int:
@@ -409,10 +415,15 @@ class Experiment:
 
     def train(self, recipe: Recipe, seed: int, paths: dict[str, str]) -> str:
         """Trains a recipe's run (or resumes it), from the run it branches off if any
-        (:class:`Branch`); returns its model directory."""
+        (:class:`Branch`), and records it in ``runs``: its series, ``seconds`` (this call's
+        wall time) and ``training_seconds`` (:func:`training_seconds`; added to a run recorded
+        without it); returns its model directory."""
         key = self.run_key(recipe, seed)
         config = self.training_config(recipe, seed, paths)
         if key in self.results["runs"]:
+            record = self.results["runs"][key]
+            if "training_seconds" not in record:  # recorded without it
+                self.record("runs", key, {**record, "training_seconds": training_seconds(config["model_dir"])})
             return config["model_dir"]
         config_path = self.config_path(recipe, seed)
         os.makedirs(os.path.dirname(config_path), exist_ok=True)
@@ -427,7 +438,8 @@ class Experiment:
                           "--seed", str(seed), *self.threads(), "train", "--with_eval"], f"{key}.train.log",
                          on_wait=lambda log_path: self._report_training(key, config["model_dir"], log_path))
         own = {"dev_loss": dev_losses(config["model_dir"]), "learning_rate": read_learning_rates(config["model_dir"])}
-        record = {"seconds": round(time.time() - start), "config": os.path.relpath(config_path, self.work_dir)}
+        record = {"seconds": round(time.time() - start), "training_seconds": training_seconds(config["model_dir"]),
+                  "config": os.path.relpath(config_path, self.work_dir)}
         for series, values in own.items():
             record[series] = {**inherited.get(series, {}), **{str(step): values[step] for step in sorted(values)}}
         record.update({series: values for series, values in inherited.items() if series not in own})

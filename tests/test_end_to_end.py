@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import reference as ref
 from conftest import data_config, onmt_main, tool, write_yaml
-from onmt_trainkit.events import read_learning_rates
+from onmt_trainkit.events import read_learning_rates, wall_time_spans
 from onmt_trainkit.tensor_bundle import CheckpointReader
 
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -128,6 +128,13 @@ def test_logged_learning_rates_read_without_tensorflow(trained):
     logged = tensorboard_scalars(trained["model_dir"], "optim/learning_rate")
     assert len(logged) >= 2
     assert read_learning_rates(trained["model_dir"]) == logged
+
+
+def test_wall_times_read_without_tensorflow(trained):
+    (path,) = tf.io.gfile.glob(os.path.join(trained["model_dir"], "events.out.tfevents.*"))
+    times = [event.wall_time for event in tf.compat.v1.train.summary_iterator(path)]
+    assert wall_time_spans(trained["model_dir"]) == [(min(times), max(times))]
+    assert max(times) > min(times)
 
 
 def test_stock_commands_use_the_model_directory(trained, tmp_path):

@@ -203,6 +203,10 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     # The dev error rates of every 2nd checkpoint counted back from the last: 6.
     assert set(run["dev_wer"]) == set(run["dev_per"]) == {"6"}
     assert all(0 <= wer <= 100 for wer in run["dev_wer"].values())
+    # Its training time: from the first to the last event of its one onmt-main process.
+    (events,) = tf.io.gfile.glob(os.path.join(model_dir, "events.out.tfevents.*"))
+    times = [event.wall_time for event in tf.compat.v1.train.summary_iterator(events)]
+    assert run["training_seconds"] == round(max(times) - min(times)) <= run["seconds"]
 
     # All four come out of the one run: raw and moving-average weights, each also averaged.
     assert set(first.results["scores"]) == {"noam-seed1", "noam_avg-seed1", "noam_ema-seed1", "noam_ema_avg-seed1"}
@@ -222,13 +226,14 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     # gets them from its predictions.
     saved = json.loads((tmp_path / "results.json").read_text())
     del saved["scores"]["noam_ema-seed1"]["wrong"]
+    del saved["runs"]["noam-seed1"]["training_seconds"]
     (tmp_path / "results.json").write_text(json.dumps(saved))
     messages: list[str] = []
     again = g2p.Experiment(str(tmp_path), settings, log=messages.append)
     again.run(splits, recipes)
     assert not [m for m in messages if m.startswith(("training", "decoding"))], messages
     assert again.results["scores"] == first.results["scores"]
-    assert again.results["runs"]["noam-seed1"]["dev_wer"] == run["dev_wer"]
+    assert again.results["runs"]["noam-seed1"] == run
 
     g2p.write_report(again.results, recipes, str(tmp_path / "report"))
     table = (tmp_path / "report" / "results.md").read_text().splitlines()
@@ -241,6 +246,8 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
         "| Noam | 1 | " + " | ".join(f"{scores[f'noam{suffix}-seed1']['wer']:.2f}"
                                     for suffix in ("", "_ema", "_avg", "_ema_avg")) + " |"]
     assert "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |" in table
+    assert any(line.startswith(f"Training: {run['training_seconds'] / 3600:.1f} hours of `onmt-main train` "
+                               "processes over 1 runs") for line in table), table
     ema = scores["noam_ema-seed1"]
     assert f"| Noam: EMA 0.9 | 1 | {ema['wer']:.2f} | {ema['per']:.2f} | {run['dev_loss']['6']:.2f} |" in table
     # The paired differences: the moving average against the raw weights of its run, in points,

@@ -22,7 +22,7 @@ import tensorflow as tf
 from conftest import assert_refused, data_config, onmt_main, write_yaml
 from experiments.runner import copy_checkpoints
 from onmt_trainkit import moving_average_layout as layout
-from onmt_trainkit.events import read_scalars
+from onmt_trainkit.events import read_scalars, wall_time_spans
 from test_end_to_end import VALUE, all_tensors
 from test_moving_average import OldState, numpy_averages
 
@@ -144,6 +144,9 @@ def test_resumed_run_equals_an_uninterrupted_one(runs, tmp_path, corpus, model_f
     assert_same_tensors(whole, parts)
     listed = tf.train.get_checkpoint_state(str(tmp_path / "parts")).all_model_checkpoint_paths
     assert [os.path.basename(path) for path in listed] == [f"ckpt-{step}" for step in range(1, STEPS + 1)]
+    # One event file, so one span of wall times, per onmt-main process.
+    (first, first_end), (second, second_end) = wall_time_spans(str(tmp_path / "parts"))
+    assert first < first_end < second < second_end
 
 
 def test_onmt_trainkit_0_1_checkpoint_resumes_exactly(runs, tmp_path, corpus, model_file):

@@ -85,6 +85,19 @@ def read_scalars(directory: str, prefix: str = "") -> dict[int, dict[str, float]
     return results
 
 
+def wall_time_spans(directory: str) -> list[tuple[float, float]]:
+    """Returns, for each event file of ``directory`` in name order, the wall times (seconds
+    since the epoch) of its first and last events: a training process writes one file, so a
+    run resumed twice has three spans."""
+    spans = []
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        times = [pw.as_float64(raw) for record in _records(path)
+                 for number, wire_type, raw in pw.fields(record) if number == 1 and wire_type == pw.FIXED64]
+        if times:
+            spans.append((min(times), max(times)))
+    return spans
+
+
 def read_eval_metrics(model_dir: str) -> dict[int, dict[str, float]]:
     """Returns ``{step: {metric: value}}`` for every evaluation recorded in ``model_dir``."""
     return read_scalars(os.path.join(model_dir, "eval"), _EVAL_PREFIX)

@@ -301,35 +301,32 @@ def summary(results: dict, selected: list[Recipe]) -> list[dict]:
 
 def differences(results: dict, selected: list[Recipe]) -> list[dict]:
     """Per recipe whose every score records its wrong words, the difference of its WER to
-    the last checkpoint of its own training run (``own``, on the seeds both have: the same
-    runs) and to the recipe of lowest mean WER (``to_best``, named by ``best``; the means over
-    all the seeds of each), in points: ``None`` for the recipe itself, else a dict with
-    ``delta``, the ``low`` and ``high`` ends of its paired-bootstrap interval over the scored
-    words (:func:`experiments.paired.wer_difference`) and the difference ``by_seed`` on each
-    seed that both have."""
+    the last checkpoint of its own training run (``own``: the same runs) and to the recipe
+    of lowest mean WER in :func:`summary` (``to_best``; ``best`` names it), in points, on the
+    seeds that both have: ``None`` for the recipe itself or without such seeds, else a dict
+    with ``delta`` (the difference of the means over those seeds), the ``low`` and ``high``
+    ends of its paired-bootstrap interval over the scored words
+    (:func:`experiments.paired.wer_difference`) and the difference ``by_seed``."""
     size = results["settings"][f"{results['settings']['scored']}_size"]
     wrong: dict[str, dict[int, np.ndarray]] = {}
     for recipe in selected:
-        scores = sorted((s for s in results["scores"].values() if s["recipe"] == recipe.name), key=lambda s: s["seed"])
+        scores = [s for s in results["scores"].values() if s["recipe"] == recipe.name]
         if scores and all("wrong" in s for s in scores):
             wrong[recipe.name] = {s["seed"]: paired.unpack(s["wrong"], size) for s in scores}
     if not wrong:
         return []
-    best = min(wrong, key=lambda name: sum(w.mean() for w in wrong[name].values()) / len(wrong[name]))
+    best = min(summary(results, selected), key=lambda row: row["wer"])["recipe"]
 
-    def against(name: str, other: str, common_seeds: bool) -> dict | None:
-        if other == name or other not in wrong:
+    def against(name: str, other: str) -> dict | None:
+        common = sorted(set(wrong[name]) & set(wrong.get(other, {})))
+        if other == name or not common:
             return None
-        common = [seed for seed in wrong[name] if seed in wrong[other]]
-        first, second = ([system[s] for s in (common if common_seeds else system)]
-                         for system in (wrong[name], wrong[other]))
-        delta, low, high = paired.wer_difference(first, second)
+        delta, low, high = paired.wer_difference([wrong[name][s] for s in common], [wrong[other][s] for s in common])
         by_seed = [100 * (wrong[name][s].mean() - wrong[other][s].mean()) for s in common]
         return {"delta": delta, "low": low, "high": high, "by_seed": by_seed}
 
-    return [{"recipe": r.name, "description": r.description, "best": best,
-             "own": against(r.name, r.training, common_seeds=True),
-             "to_best": against(r.name, best, common_seeds=False)} for r in selected if r.name in wrong]
+    return [{"recipe": r.name, "description": r.description, "best": best, "own": against(r.name, r.training),
+             "to_best": against(r.name, best)} for r in selected if r.name in wrong]
 
 
 def overview(results: dict, selected: list[Recipe]) -> str:
@@ -365,12 +362,13 @@ def table(results: dict, selected: list[Recipe]) -> str:
     seconds = [run["training_seconds"] for run in results["runs"].values() if "training_seconds" in run]
     if seconds:
         text += (f"\nTraining: {sum(seconds) / 3600:.1f} hours of `onmt-main train` processes over {len(seconds)} "
-                 "runs (each from its first to its last event, evaluations included, start-up and decoding not; "
-                 "summed over the processes, which ran side by side).\n")
+                 "runs (a branching run's after its branch only), summed over the processes, which ran side by "
+                 "side: each from its first to its last training summary, the evaluations between them included, "
+                 "start-up, the final evaluation and decoding not.\n")
     rows = differences(results, selected)
     if not rows:
         return text
-    best = next(row["description"] for row in rows if row["recipe"] == rows[0]["best"])
+    best = next(recipe.description for recipe in selected if recipe.name == rows[0]["best"])
 
     def cell(difference: dict | None) -> str:
         if difference is None:
@@ -380,13 +378,13 @@ def table(results: dict, selected: list[Recipe]) -> str:
 
     lines = [
         "",
-        f"Differences in {scored} WER, in points (negative: fewer errors): the difference of the means over "
-        f"seeds, its {paired.CONFIDENCE:.0%} interval from {paired.RESAMPLES:,} paired bootstrap resamples of "
-        f"the {scored} words (how much the difference depends on which words were drawn, not on the seeds), "
-        "then the difference on each seed that both have (how much it depends on the training run). Against "
-        "the last checkpoint of its run, a recipe is compared on the same runs. The recipe of lowest mean WER "
-        "is chosen after the fact, among many: its differences are a little flattering to it. "
-        "–: the recipe itself, or not run.",
+        f"Differences in {scored} WER, in points (negative: fewer errors), on the seeds that both recipes have: "
+        f"the difference of the means over those seeds, its {paired.CONFIDENCE:.0%} interval from "
+        f"{paired.RESAMPLES:,} paired bootstrap resamples of the {scored} words (how much the difference depends "
+        "on which words were drawn, not on the seeds), then the difference on each of those seeds (how much it "
+        "depends on the training run). Against the last checkpoint of its run, a recipe is compared on the same "
+        "runs. The recipe of lowest mean WER is chosen after the fact, among many: its differences are a little "
+        "flattering to it. –: the recipe itself, or no seed in common.",
         "",
         f"| recipe | against the last checkpoint of its run | against the lowest mean WER ({best}) |",
         "|---|---|---|",

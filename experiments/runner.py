@@ -155,10 +155,13 @@ def dev_losses(model_dir: str) -> dict[int, float]:
     return {step: metrics["loss"] for step, metrics in read_eval_metrics(model_dir).items() if "loss" in metrics}
 
 
-def training_seconds(model_dir: str) -> int:
-    """The seconds that the ``onmt-main train`` processes of ``model_dir`` trained and
-    evaluated: for each, from its first to its last event (start-up not counted), summed."""
-    return round(sum(last - first for first, last in wall_time_spans(model_dir)))
+def training_seconds(model_dir: str) -> int | None:
+    """The seconds that the ``onmt-main train`` processes of ``model_dir`` trained: for each,
+    from its first to its last training summary (the evaluations between them included;
+    start-up, the final evaluation and the updates after the last summary not), summed;
+    ``None`` without event files."""
+    spans = wall_time_spans(model_dir)
+    return round(sum(last - first for first, last in spans)) if spans else None
 
 
 def trained_up_to(model_dir: str) -> int:
@@ -422,8 +425,9 @@ class Experiment:
         config = self.training_config(recipe, seed, paths)
         if key in self.results["runs"]:
             record = self.results["runs"][key]
-            if "training_seconds" not in record:  # recorded without it
-                self.record("runs", key, {**record, "training_seconds": training_seconds(config["model_dir"])})
+            seconds = None if "training_seconds" in record else training_seconds(config["model_dir"])
+            if seconds is not None:  # a run recorded without it
+                self.record("runs", key, {**record, "training_seconds": seconds})
             return config["model_dir"]
         config_path = self.config_path(recipe, seed)
         os.makedirs(os.path.dirname(config_path), exist_ok=True)
@@ -438,8 +442,10 @@ class Experiment:
                           "--seed", str(seed), *self.threads(), "train", "--with_eval"], f"{key}.train.log",
                          on_wait=lambda log_path: self._report_training(key, config["model_dir"], log_path))
         own = {"dev_loss": dev_losses(config["model_dir"]), "learning_rate": read_learning_rates(config["model_dir"])}
-        record = {"seconds": round(time.time() - start), "training_seconds": training_seconds(config["model_dir"]),
-                  "config": os.path.relpath(config_path, self.work_dir)}
+        record = {"seconds": round(time.time() - start), "config": os.path.relpath(config_path, self.work_dir)}
+        seconds = training_seconds(config["model_dir"])
+        if seconds is not None:
+            record["training_seconds"] = seconds
         for series, values in own.items():
             record[series] = {**inherited.get(series, {}), **{str(step): values[step] for step in sorted(values)}}
         record.update({series: values for series, values in inherited.items() if series not in own})

@@ -328,6 +328,31 @@ def test_decoding_in_one_process_gives_what_onmt_main_infer_gives(pipeline, tmp_
     assert len(decoded.splitlines()) == 20 and decoded == (tmp_path / "infer.test").read_text()
 
 
+def test_differences_are_on_the_seeds_both_recipes_have():
+    # 4 test words. Noam: seeds 1 and 2 (50% and 25% WER); its moving average: seed 1 only (25%);
+    # WSD: seed 3 only, no word wrong, so the lowest mean WER but no seed in common with Noam.
+    flags = {"noam-seed1": [1, 1, 0, 0], "noam-seed2": [1, 0, 0, 0], "noam_ema-seed1": [1, 0, 0, 0],
+             "wsd-seed3": [0, 0, 0, 0]}
+    scores = {}
+    for key, wrong in flags.items():
+        name, seed = key.split("-seed")
+        scores[key] = {"recipe": name, "seed": int(seed), "wer": 25.0 * sum(wrong), "per": 0.0,
+                       "wrong": f"{int(''.join(map(str, wrong)) + '0000', 2):02x}"}
+    results = {"settings": {"scored": "test", "test_size": 4, "ema": 0.999, "average": 5}, "scores": scores,
+               "runs": {f"{training}-seed{seed}": {"dev_loss": {}} for training, seed in
+                        (("noam", 1), ("noam", 2), ("wsd", 3))}}
+    selected = [r for r in g2p.recipes(g2p.Settings()) if r.name in ("noam", "noam_ema", "wsd")]
+    rows = {row["recipe"]: row for row in g2p.differences(results, selected)}
+    assert {row["best"] for row in rows.values()} == {"wsd"}
+    assert rows["noam"]["own"] is None and rows["noam"]["to_best"] is None and rows["wsd"]["to_best"] is None
+    # The moving average against seed 1 of its run: per word d = (0, -1, 0, 0), so -25 points; a
+    # resample draws word 1 k ~ Binomial(4, 1/4) times: k >= 3 has probability 5.1%, k = 4 0.4%,
+    # k = 0 31.6%, so the central 95% of -25 k runs from -75 to 0.
+    assert rows["noam_ema"]["own"] == {"delta": -25.0, "low": -75.0, "high": 0.0, "by_seed": [-25.0]}
+    table = g2p.table(results, selected)
+    assert "| Noam: EMA 0.999 | -25.00 [-75.00, +0.00]; -25.00 | – |" in table
+
+
 def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
     results = {"settings": {"peaks": [1e-3, 2e-3, 4e-3], "seeds": [1, 2]},
                "scores": {f"cosine_peak{peak:g}-seed{seed}": {"wer": wer}

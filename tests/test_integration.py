@@ -42,6 +42,20 @@ def test_import_activates_and_deactivate_restores_stock_opennmt():
     assert hasattr(opennmt.bin.main.main, "__wrapped__")
 
 
+def test_hooking_finders_do_not_consult_each_other_in_a_loop():
+    # One finder per activation; even two (a reloaded module) import onmt-main's module once, wrapped.
+    python(
+        "import sys, onmt_trainkit, opennmt\n"
+        "from onmt_trainkit import integration\n"
+        "onmt_trainkit.activate()\n"
+        "hooks = [f for f in sys.meta_path if isinstance(f, integration._WrapMainOnImport)]\n"
+        "assert len(hooks) == 1, hooks\n"
+        "sys.meta_path.insert(0, integration._WrapMainOnImport())\n"
+        "import opennmt.bin.main\n"
+        "assert not hasattr(opennmt.bin.main.main.__wrapped__, '__wrapped__')\n"
+    )
+
+
 def test_onmt_main_run_as_a_module_does_not_warn():
     # OpenNMT-tf's batch-size trials run `python -m opennmt.bin.main`: the plugin, active in them,
     # must not have imported that module before runpy executes it (a RuntimeWarning, an error here).

@@ -117,11 +117,15 @@ class _ActivateOnImport:
 
 
 def _spec_executing_with(finder: object, name: str, path: object, target: object, wrap):
-    """The spec that the other finders of ``sys.meta_path`` than ``finder`` give for module
-    ``name``, its loader's ``exec_module`` replaced by ``wrap(exec_module)`` (code to run
-    around the module's execution); as found when the loader cannot execute modules."""
+    """The spec that the finders after ``finder`` in ``sys.meta_path`` (all others if it is
+    not there) give for module ``name``, its loader's ``exec_module`` replaced by
+    ``wrap(exec_module)`` (code to run around the module's execution); as found when the
+    loader cannot execute modules. Two hooking finders never consult each other in a loop."""
     spec = None
-    for other in sys.meta_path:
+    finders = sys.meta_path
+    if finder in finders:
+        finders = finders[finders.index(finder) + 1:]
+    for other in finders:
         if other is not finder and hasattr(other, "find_spec"):
             spec = other.find_spec(name, path, target)
             if spec is not None:

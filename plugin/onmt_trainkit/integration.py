@@ -101,7 +101,7 @@ def activate() -> None:
     _replace(training.TrainingStats, "log", _log_training_stats)
     if _MAIN_MODULE in sys.modules:
         _wrap_main(sys.modules[_MAIN_MODULE])
-    else:
+    elif not any(isinstance(finder, _WrapMainOnImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _WrapMainOnImport())
     registry = lr_schedules._LR_SCHEDULES_REGISTRY._registry
     for name, cls in schedules.SCHEDULES.items():
@@ -134,8 +134,9 @@ def _original(owner: Any, name: str) -> Any:
 
 
 def _wrap_main(module: types.ModuleType) -> None:
-    """Replaces ``main`` of ``opennmt.bin.main`` by :func:`_refusing_in_one_line` of it."""
-    _replace(module, "main", _refusing_in_one_line(module.main))
+    """Replaces ``main`` of ``opennmt.bin.main`` by :func:`_refusing_in_one_line` of it, once."""
+    if (module, "main") not in _originals:
+        _replace(module, "main", _refusing_in_one_line(module.main))
 
 
 class _WrapMainOnImport(importlib.abc.MetaPathFinder):

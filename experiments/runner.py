@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import functools
 import json
 import os
 import re
@@ -132,11 +133,12 @@ def _comparable(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key != "seeds"}
 
 
-def last_logged_step(log_path: str) -> int | None:
+def last_logged_step(log_path: str, start: int = 0) -> int | None:
     """The last training step that ``onmt-main`` reported in its log (``Step = N ;``), read
-    from the log's last 64 KB; ``None`` before the first report."""
+    from the log's last 64 KB after byte ``start`` (where the running command's output
+    begins in a log that earlier runs wrote to); ``None`` before its first report."""
     with open(log_path, "rb") as log:
-        log.seek(max(0, os.path.getsize(log_path) - 65536))
+        log.seek(max(start, os.path.getsize(log_path) - 65536))
         steps = _LOGGED_STEP.findall(log.read().decode("utf-8", "replace"))
     return int(steps[-1]) if steps else None
 
@@ -375,21 +377,24 @@ class Experiment:
         threads = str(max(1, (os.cpu_count() or 1) // self._workers))
         return ["--intra_op_parallelism_threads", threads, "--inter_op_parallelism_threads", threads]
 
-    def execute(self, command: list[str], log_name: str, on_wait: Callable[[str], None] | None = None) -> None:
+    def execute(self, command: list[str], log_name: str,
+                on_wait: Callable[[str, int], None] | None = None) -> None:
         """Runs ``command`` with its output appended to ``logs/<log_name>``; calls ``on_wait``
-        with the log's path every ``progress_every`` seconds while it runs."""
+        with the log's path and the offset where this command's output starts in it, every
+        ``progress_every`` seconds while it runs."""
         log_path = os.path.join(self.work_dir, "logs", log_name)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with self._lock:
             if self._stopping:
                 raise RuntimeError("stopped")
             with open(log_path, "a", encoding="utf-8") as log:
+                start = log.tell()
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             self._running.add(process)
         try:
             while _still_running(process, self.progress_every):
                 if on_wait is not None:
-                    on_wait(log_path)
+                    on_wait(log_path, start)
         finally:
             if process.poll() is None:  # on_wait failed: no run is left behind
                 process.terminate()
@@ -399,9 +404,10 @@ class Experiment:
         if process.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
 
-    def _report_training(self, key: str, model_dir: str, log_path: str) -> None:
-        """Logs a training run's last step and dev loss, when they changed since last time."""
-        step = last_logged_step(log_path)
+    def _report_training(self, key: str, model_dir: str, log_path: str, start: int) -> None:
+        """Logs a training run's last step (as its log reports it after byte ``start``) and
+        dev loss, when they changed since last time."""
+        step = last_logged_step(log_path, start)
         if step is None:
             return
         message = f"{key}: step {step} of {self.settings.max_step}"
@@ -440,7 +446,7 @@ class Experiment:
             self.log(f"training {key} ({self.settings.max_step} updates)")
             self.execute([self.onmt_main, "--model", self.settings.model_file, "--config", config_path,
                           "--seed", str(seed), *self.threads(), "train", "--with_eval"], f"{key}.train.log",
-                         on_wait=lambda log_path: self._report_training(key, config["model_dir"], log_path))
+                         on_wait=functools.partial(self._report_training, key, config["model_dir"]))
         own = {"dev_loss": dev_losses(config["model_dir"]), "learning_rate": read_learning_rates(config["model_dir"])}
         record = {"seconds": round(time.time() - start), "config": os.path.relpath(config_path, self.work_dir)}
         seconds = training_seconds(config["model_dir"])

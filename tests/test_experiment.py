@@ -69,10 +69,15 @@ def test_a_running_command_reports_progress_and_a_failure_names_its_log(tmp_path
               "print('INFO Step = 200 ; steps/s = 1.0', flush=True)\n"
               "time.sleep(1.5)\n")
     waits = []
-    work.execute([sys.executable, "-c", script], "progress.log", on_wait=waits.append)
+    work.execute([sys.executable, "-c", script], "progress.log", on_wait=lambda *wait: waits.append(wait))
     log_path = str(tmp_path / "logs" / "progress.log")
-    assert len(waits) >= 2 and set(waits) == {log_path}
+    assert len(waits) >= 2 and set(waits) == {(log_path, 0)}
     assert runner.last_logged_step(log_path) == 200
+    # A second command on the same log (a resumed run): its progress starts after the first's.
+    size, waits = os.path.getsize(log_path), []
+    work.execute([sys.executable, "-c", "import time; time.sleep(1)"], "progress.log",
+                 on_wait=lambda *wait: waits.append(wait))
+    assert set(waits) == {(log_path, size)} and runner.last_logged_step(log_path, size) is None
     (tmp_path / "logs" / "empty.log").write_text("starting\n")
     assert runner.last_logged_step(str(tmp_path / "logs" / "empty.log")) is None
     with pytest.raises(RuntimeError, match=f"failed; see {tmp_path}/logs/failing.log"):

@@ -306,7 +306,9 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
     seeds that both have: ``None`` for the recipe itself or without such seeds, else a dict
     with ``delta`` (the difference of the means over those seeds), the ``low`` and ``high``
     ends of its paired-bootstrap interval over the scored words
-    (:func:`experiments.paired.wer_difference`) and the difference ``by_seed``."""
+    (:func:`experiments.paired.wer_difference`) and the difference ``by_seed``. The last
+    checkpoint of a run also has its difference to that of every other run, in the same form
+    (``runs``: by recipe name)."""
     size = results["settings"][f"{results['settings']['scored']}_size"]
     wrong: dict[str, dict[int, np.ndarray]] = {}
     for recipe in selected:
@@ -325,8 +327,15 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
         by_seed = [100 * (wrong[name][s].mean() - wrong[other][s].mean()) for s in common]
         return {"delta": delta, "low": low, "high": high, "by_seed": by_seed}
 
-    return [{"recipe": r.name, "description": r.description, "best": best, "own": against(r.name, r.training),
-             "to_best": against(r.name, best)} for r in selected if r.name in wrong]
+    last = [r.name for r in selected if r.name == r.training and r.name in wrong]
+    rows = []
+    for r in selected:
+        if r.name in wrong:
+            rows.append({"recipe": r.name, "description": r.description, "best": best,
+                         "own": against(r.name, r.training), "to_best": against(r.name, best)})
+            if r.name in last:
+                rows[-1]["runs"] = {other: against(r.name, other) for other in last}
+    return rows
 
 
 def overview(results: dict, selected: list[Recipe]) -> str:
@@ -390,6 +399,13 @@ def table(results: dict, selected: list[Recipe]) -> str:
         "|---|---|---|",
         *(f"| {row['description']} | {cell(row['own'])} | {cell(row['to_best'])} |" for row in rows),
     ]
+    last = [row for row in rows if "runs" in row]
+    if len(last) > 1:
+        lines += ["", "The last checkpoints of the runs against each other (the row's minus the column's), in the same "
+                  "form:", "", "| | " + " | ".join(row["description"] for row in last) + " |",
+                  "|---" * (len(last) + 1) + "|",
+                  *(f"| {row['description']} | " + " | ".join(cell(row["runs"][other["recipe"]]) for other in last)
+                    + " |" for row in last)]
     return text + "\n".join(lines) + "\n"
 
 

@@ -345,12 +345,15 @@ def test_differences_are_on_the_seeds_both_recipes_have():
     rows = {row["recipe"]: row for row in g2p.differences(results, selected)}
     assert {row["best"] for row in rows.values()} == {"wsd"}
     assert rows["noam"]["own"] is None and rows["noam"]["to_best"] is None and rows["wsd"]["to_best"] is None
+    # The last checkpoints against each other: Noam and WSD share no seed.
+    assert rows["noam"]["runs"] == rows["wsd"]["runs"] == {"noam": None, "wsd": None} and "runs" not in rows["noam_ema"]
     # The moving average against seed 1 of its run: per word d = (0, -1, 0, 0), so -25 points; a
     # resample draws word 1 k ~ Binomial(4, 1/4) times: k >= 3 has probability 5.1%, k = 4 0.4%,
     # k = 0 31.6%, so the central 95% of -25 k runs from -75 to 0.
     assert rows["noam_ema"]["own"] == {"delta": -25.0, "low": -75.0, "high": 0.0, "by_seed": [-25.0]}
     table = g2p.table(results, selected)
     assert "| Noam: EMA 0.999 | -25.00 [-75.00, +0.00]; -25.00 | – |" in table
+    assert "| warmup-stable-decay (1-sqrt): last checkpoint | – | – |" in table.splitlines()[-1:]
 
 
 def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():

@@ -169,6 +169,11 @@ def recipes(settings: Settings) -> list[Recipe]:
     return [dataclasses.replace(recipe, branch=branch) if recipe.training == "wsd" else recipe for recipe in selected]
 
 
+def read_references(path: str) -> list[list[list[str]]]:
+    """Reads a ``SPLIT.refs`` file: per word, its pronunciations as phoneme lists."""
+    return [[pronunciation.split() for pronunciation in line.split("\t")] for line in read_lines(path)]
+
+
 def lexicon_splits(lexicon: Lexicon, settings: Settings) -> dict[str, list]:
     """``{split: [(word, its pronunciations)]}``, split by word (:func:`split_words`, seed 0)."""
     words = split_words(lexicon, settings.test_size, settings.dev_size, max_train=settings.max_train)
@@ -272,8 +277,7 @@ class Experiment(runner.Experiment):
                                          for (split, name), checkpoint in jobs.items()], indent=1)])
         self.execute([sys.executable, DECODE, "--config", self.config_path(recipe, seed), paths["decoding"],
                       "--model_dir", model_dir, "--jobs", listed, *self.threads()], f"{key}.decode.log")
-        references = {split: [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
-                      for split in {split for split, _ in jobs}}
+        references = {split: read_references(paths[f"{split}_refs"]) for split in {split for split, _ in jobs}}
         rates = {}
         for (split, name), output in outputs.items():
             hypotheses = [line.split() for line in read_lines(output)]
@@ -288,8 +292,8 @@ class Experiment(runner.Experiment):
     def wrong(self, split: str, name: str, paths: dict[str, str]) -> tuple[str, float]:
         """Which words of ``split`` the decoding ``name`` (:meth:`predictions_path`) got wrong,
         packed (:func:`experiments.paired.pack`), and their word error rate (rounded to 0.01)."""
-        listed = [[p.split() for p in line.split("\t")] for line in read_lines(paths[f"{split}_refs"])]
-        flags = wrong_words([line.split() for line in read_lines(self.predictions_path(split, name))], listed)
+        flags = wrong_words([line.split() for line in read_lines(self.predictions_path(split, name))],
+                            read_references(paths[f"{split}_refs"]))
         return paired.pack(flags), round(100 * sum(flags) / len(flags), 2)
 
 

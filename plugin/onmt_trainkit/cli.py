@@ -12,6 +12,8 @@ import warnings
 from typing import NoReturn
 from collections.abc import Sequence
 
+from onmt_trainkit.errors import one_line
+
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit status 2."""
@@ -29,15 +31,6 @@ def _quiet_tensorflow() -> None:
     """Keeps TensorFlow's start-up messages off standard error, which carries our errors."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.filterwarnings("ignore")
-
-
-def _one_line(error: BaseException) -> str:
-    """Returns the message of ``error`` on one line (an OSError's with its path)."""
-    if isinstance(error, OSError) and error.filename is not None:
-        message = f"{error.filename}: {error.strerror}"
-    else:
-        message = str(error)
-    return " ".join(message.split())
 
 
 def _human(size: float) -> str:
@@ -126,7 +119,7 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
             weights=args.weights,
         )
     except (averaging.AveragingError, averaging.OutputError, averaging.CheckpointError, OSError) as error:
-        _fail(parser.prog, _one_line(error))
+        _fail(parser.prog, one_line(error))
     for note in result.notes:
         print(note)
     if result.metric is not None:

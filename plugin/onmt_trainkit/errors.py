@@ -17,6 +17,15 @@ class ConfigError(ValueError):
     """A configuration value that the plugin cannot use."""
 
 
+def one_line(error: BaseException) -> str:
+    """Returns the message of ``error`` on one line (an OSError's with its path)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        message = f"{error.filename}: {error.strerror}"
+    else:
+        message = str(error)
+    return " ".join(message.split())
+
+
 def invalid(key: str, value: Any, allowed: str) -> ConfigError:
     """Returns the error for ``key`` set to ``value``, where ``allowed`` says what is accepted."""
     return ConfigError(f"{key} must be {allowed}, got {value!r}")

@@ -52,7 +52,7 @@ from onmt_trainkit import OPENNMT_VERSION, _spec_executing_with, averaging, conf
 from onmt_trainkit import weight_decay
 from onmt_trainkit import moving_average
 from onmt_trainkit import moving_average_layout as layout
-from onmt_trainkit.errors import ConfigError
+from onmt_trainkit.errors import ConfigError, one_line
 from onmt_trainkit.moving_average import MovingAverage, StateMismatchError
 
 _MAIN_MODULE = "opennmt.bin.main"
@@ -173,7 +173,7 @@ def _refusing_in_one_line(main: Callable[[], Any]) -> Callable[[], Any]:
             return main()
         except _REFUSALS as error:
             tf.get_logger().debug("onmt-trainkit refused the command", exc_info=True)
-            sys.stderr.write(f"onmt-main: error: {' '.join(str(error).split())}\n")
+            sys.stderr.write(f"onmt-main: error: {one_line(error)}\n")
             sys.exit(2)
 
     return refusing_main

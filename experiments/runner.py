@@ -606,37 +606,60 @@ def write_report(results: dict, table: str, results_dir: str, draw: Callable[[st
     os.replace(picture + ".tmp.png", picture)
 
 
-def plot(results: dict, selected: list[Recipe], path: str, panels: list[tuple[str, str, str]]) -> None:
+@dataclass(frozen=True)
+class Panel:
+    """One picture of ``curves.png``: a run record's series against steps.
+
+    Attributes:
+      key: The run record's series (``learning_rate``, ``dev_loss``, ...).
+      ylabel: The y axis' label.
+      title: The picture's title.
+      last: The share of the steps shown, the last ones: 1 shows every step with the y axis
+        from 0; 0.5 shows the second half of the longest run, the y axis fitted to it (how flat
+        the end of a curve is, and the seeds apart).
+    """
+
+    key: str
+    ylabel: str
+    title: str
+    last: float = 1.0
+
+
+def plot(results: dict, selected: list[Recipe], path: str, panels: list[Panel]) -> None:
     """Draws, per training recipe and side by side, each run record's series named in
-    ``panels`` (key, y label, title) against steps; the learning rate once per recipe,
-    other series once per seed."""
+    ``panels`` against steps; the learning rate once per recipe, other series once per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5))
+    longest = max((int(step) for run in results["runs"].values() for panel in panels
+                   for step in run.get(panel.key) or {}), default=0)
     for training in dict.fromkeys(recipe.training for recipe in selected):
         runs = [v for k, v in results["runs"].items() if k.startswith(f"{training}-seed")]
         color = None
-        for (key, _, _), panel in zip(panels, axes):
-            style = {} if key == "learning_rate" else {"marker": "o", "markersize": 3}
-            drawn = [run for run in (runs[:1] if key == "learning_rate" else runs) if run.get(key)]
+        for panel, picture in zip(panels, axes):
+            style = {} if panel.key == "learning_rate" else {"marker": "o", "markersize": 3}
+            drawn = [run for run in (runs[:1] if panel.key == "learning_rate" else runs) if run.get(panel.key)]
             for index, run in enumerate(drawn):
-                (line,) = panel.plot(*_series(run[key]), color=color, alpha=0.8,
-                                     label=None if index else training, **style)
+                steps, values = _series(run[panel.key], first=longest * (1 - panel.last))
+                (line,) = picture.plot(steps, values, color=color, alpha=0.8, label=None if index else training,
+                                       **style)
                 color = line.get_color()
-    for (_, ylabel, title), panel in zip(panels, axes):
-        panel.set(xlabel="training step", ylabel=ylabel, title=title, ylim=(0, None))
-        panel.grid(alpha=0.3)
-        if panel.lines:
-            panel.legend(fontsize=8)
+    for panel, picture in zip(panels, axes):
+        picture.set(xlabel="training step", ylabel=panel.ylabel, title=panel.title)
+        if panel.last == 1:
+            picture.set_ylim(bottom=0)
+        picture.grid(alpha=0.3)
+        if picture.lines:
+            picture.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def _series(values: dict[str, float]) -> tuple[list[int], list[float]]:
-    """``{"step": value}`` as steps and values in step order."""
-    steps = sorted(int(step) for step in values)
+def _series(values: dict[str, float], first: float = 0) -> tuple[list[int], list[float]]:
+    """``{"step": value}`` as steps and values in step order, from step ``first`` on."""
+    steps = sorted(int(step) for step in values if int(step) >= first)
     return steps, [values[str(step)] for step in steps]

@@ -22,9 +22,9 @@ DING = "/usr/share/trans/de-en"
 MAX_LENGTH = 100
 COLUMNS = [("BLEU", "bleu", 2), ("chrF", "chrf", 1)]
 """The table's score columns: (header, metric, decimals)."""
-PANELS = [("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
-          ("dev_loss", "dev loss", "Dev loss (one line per seed)")]
-"""The pictures of ``curves.png``: (run record key, y label, title)."""
+PANELS = [runner.Panel("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
+          runner.Panel("dev_loss", "dev loss", "Dev loss (one line per seed)")]
+"""The pictures of ``curves.png``."""
 
 
 def recipes(peak: float, warmup: int, model_dim: int, ema: float, average: int) -> list[Recipe]:

@@ -13,7 +13,9 @@ with its data, its training configuration and its scoring.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
+import fcntl
 import functools
 import json
 import os
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import yaml
@@ -131,6 +133,46 @@ def recorded(settings: Settings) -> dict:
 def _comparable(settings: dict) -> dict:
     """The settings that change results (more or fewer seeds keep the finished ones)."""
     return {key: value for key, value in settings.items() if key != "seeds"}
+
+
+class WorkDirInUse(ValueError):
+    """Another experiment runs in the work directory."""
+
+
+@contextlib.contextmanager
+def _only_user(work_dir: str) -> Iterator[None]:
+    """Holds an exclusive lock on ``work_dir`` (its ``.lock`` file, released when the process
+    ends however it ends): two experiments in one work directory would train the same runs.
+
+    Raises:
+      WorkDirInUse: when another process holds it.
+    """
+    with open(os.path.join(work_dir, ".lock"), "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise WorkDirInUse(f"{work_dir} is in use by another experiment (process {lock.read().strip() or '?'}); "
+                               "wait for it to end, or give another --work_dir") from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def missing_results(results_dir: str, results: dict) -> list[str]:
+    """The runs and scores that ``results_dir/results.json`` records and ``results`` lacks
+    (none without that file): what a report of ``results`` written there would drop."""
+    try:
+        with open(os.path.join(results_dir, "results.json"), encoding="utf-8") as saved:
+            committed = json.load(saved)
+    except FileNotFoundError:
+        return []
+    return [key for kind in ("runs", "scores") for key in sorted(committed.get(kind, {}))
+            if key not in results.get(kind, {})]
 
 
 def last_logged_step(log_path: str, start: int = 0) -> int | None:
@@ -513,6 +555,11 @@ class Experiment:
         not stop the others; the first failure is raised when all are done.
         """
         os.makedirs(self.work_dir, exist_ok=True)
+        with _only_user(self.work_dir):
+            self._run(splits, selected, on_task_done)
+
+    def _run(self, splits: dict[str, list], selected: list[Recipe],
+             on_task_done: Callable[[dict], None] | None) -> None:
         paths = self.prepare_data(splits)
         work = chains(self.settings.seeds, selected)
         total = sum(len(chain) for _, chain in work)

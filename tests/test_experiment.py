@@ -268,3 +268,37 @@ def test_a_checkpoint_file_with_save_times_reads_in_tensorflow_as_written(tmp_pa
     assert parsed.last_preserved_timestamp == 0.5
     with pytest.raises(ValueError, match="3 checkpoints listed, 2 timestamps"):
         checkpoint_state.format_state("ckpt-9", ["ckpt-3", "ckpt-6"], [1.0, 2.0])
+
+
+def test_a_work_directory_in_use_is_refused_and_nothing_runs(tmp_path):
+    # Another process holds the work directory (an experiment running there): refused at once,
+    # naming that process; the directory is usable again once it lets go.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"lock = open({str(tmp_path / '.lock')!r}, 'a+'); fcntl.flock(lock, fcntl.LOCK_EX)\n"
+         "lock.write(str(os.getpid())); lock.flush(); print('held', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        work = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print)
+        with pytest.raises(runner.WorkDirInUse, match=re.escape(
+                f"{tmp_path} is in use by another experiment (process {holder.pid}); wait for it to end, or give "
+                "another --work_dir")):
+            work.run({"train": [], "dev": [], "test": []}, [])
+        assert sorted(os.listdir(tmp_path)) == [".lock"]  # no data written
+    finally:
+        holder.kill()
+        holder.wait()
+    released = []
+    with runner._only_user(str(tmp_path)):
+        released.append(open(tmp_path / ".lock").read())
+    assert released == [str(os.getpid())]
+
+
+def test_a_report_that_would_drop_committed_results_goes_to_the_work_directory(tmp_path):
+    committed = {"runs": {"noam-seed1": {}, "wsd-seed1": {}}, "scores": {"noam-seed1": {}, "noam_ema-seed1": {}}}
+    (tmp_path / "results.json").write_text(json.dumps(committed))
+    assert runner.missing_results(str(tmp_path), {"runs": {"noam-seed1": {}}, "scores": {"noam-seed1": {}}}) == [
+        "wsd-seed1", "noam_ema-seed1"]
+    assert runner.missing_results(str(tmp_path), {**committed, "runs": {**committed["runs"], "cosine-seed1": {}}}) == []
+    assert runner.missing_results(str(tmp_path / "none"), {"runs": {}, "scores": {}}) == []

@@ -372,6 +372,14 @@ def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
     (["--budget", "hour"], "--budget: 'hour' is not a budget of --task g2p; valid: full, quick, peak"),
     (["--recipes", "noam,adam"], "--recipes: unknown adam; valid: noam, noam_ema, noam_avg, noam_ema_avg, cosine"),
     (["--corpus", "missing.dict"], "--corpus missing.dict: not a file"),
+    (["--max_step", "abc"], "argument --max_step: must be an integer >= 1, got 'abc'"),
+    (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
+    (["--seeds", "1,2,1"], "argument --seeds: a seed is given twice in '1,2,1'"),
+    (["--recipes", "noam,"], "--recipes: an empty name in 'noam,'; valid: noam, noam_ema"),
+    (["--recipes", ""], "--recipes: an empty name in ''"),
+    (["--ding", "de-en.txt"], "--ding: --task g2p reads no Ding dictionary"),
+    (["--model", "missing.py"], "--model missing.py: not a file"),
+    (["--task", "ocr"], "argument --task: invalid choice: 'ocr'"),
 ])
 def test_g2p_command_line_refusals(tmp_path, arguments, message):
     result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--work_dir", str(tmp_path / "work"),

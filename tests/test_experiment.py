@@ -270,35 +270,48 @@ def test_a_checkpoint_file_with_save_times_reads_in_tensorflow_as_written(tmp_pa
         checkpoint_state.format_state("ckpt-9", ["ckpt-3", "ckpt-6"], [1.0, 2.0])
 
 
-def test_a_work_directory_in_use_is_refused_and_nothing_runs(tmp_path):
-    # Another process holds the work directory (an experiment running there): refused at once,
-    # naming that process; the directory is usable again once it lets go.
+def test_a_work_directory_in_use_is_refused_and_nothing_runs(tmp_path, model_file):
+    # Another process holds the work directory (an experiment running there): the command is
+    # refused before it reads or writes anything, naming that process; the run refuses too.
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys, time\n"
          f"lock = open({str(tmp_path / '.lock')!r}, 'a+'); fcntl.flock(lock, fcntl.LOCK_EX)\n"
          "lock.write(str(os.getpid())); lock.flush(); print('held', flush=True); time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True)
+    message = (f"{tmp_path} is in use by another experiment (process {holder.pid}); wait for it to end, or give "
+               "another --work_dir")
     try:
         assert holder.stdout.readline() == "held\n"
+        refused = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--work_dir", str(tmp_path),
+                       "--model", model_file, check=False)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr == f"experiment: error: {message}\n"
         work = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print)
-        with pytest.raises(runner.WorkDirInUse, match=re.escape(
-                f"{tmp_path} is in use by another experiment (process {holder.pid}); wait for it to end, or give "
-                "another --work_dir")):
+        with pytest.raises(runner.WorkDirInUse, match=re.escape(message)):
             work.run({"train": [], "dev": [], "test": []}, [])
-        assert sorted(os.listdir(tmp_path)) == [".lock"]  # no data written
+        assert sorted(os.listdir(tmp_path)) == [".lock"]
     finally:
         holder.kill()
         holder.wait()
-    released = []
-    with runner._only_user(str(tmp_path)):
-        released.append(open(tmp_path / ".lock").read())
-    assert released == [str(os.getpid())]
+    # Free again: held, it names this process; released, it names none.
+    with runner.only_user(str(tmp_path)):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert (tmp_path / ".lock").read_text() == ""
 
 
-def test_a_report_that_would_drop_committed_results_goes_to_the_work_directory(tmp_path):
-    committed = {"runs": {"noam-seed1": {}, "wsd-seed1": {}}, "scores": {"noam-seed1": {}, "noam_ema-seed1": {}}}
+def test_a_report_is_not_written_over_results_it_would_drop(tmp_path):
+    settings = {"max_step": 100, "peak": 0.002, "seeds": [1, 2, 3]}
+    committed = {"settings": settings, "runs": {"noam-seed1": {}, "wsd-seed1": {}},
+                 "scores": {"noam-seed1": {}, "noam_ema-seed1": {}}}
     (tmp_path / "results.json").write_text(json.dumps(committed))
-    assert runner.missing_results(str(tmp_path), {"runs": {"noam-seed1": {}}, "scores": {"noam-seed1": {}}}) == [
-        "wsd-seed1", "noam_ema-seed1"]
-    assert runner.missing_results(str(tmp_path), {**committed, "runs": {**committed["runs"], "cosine-seed1": {}}}) == []
-    assert runner.missing_results(str(tmp_path / "none"), {"runs": {}, "scores": {}}) == []
+    path = tmp_path / "results.json"
+    partial = {"settings": {**settings, "seeds": [1]}, "runs": {"noam-seed1": {}}, "scores": {"noam-seed1": {}}}
+    assert runner.report_conflict(str(tmp_path), partial) == (
+        f"{path} records 2 runs or scores that this work directory has not (wsd-seed1, noam_ema-seed1)")
+    more = {**committed, "runs": {**committed["runs"], "cosine-seed1": {}}}
+    assert runner.report_conflict(str(tmp_path), more) is None
+    other = {**more, "settings": {**settings, "peak": 0.004}}
+    assert runner.report_conflict(str(tmp_path), other) == f"{path} holds results of other settings (peak differ)"
+    path.write_text("{")
+    assert runner.report_conflict(str(tmp_path), more).startswith(f"{path} cannot be read (")
+    assert runner.report_conflict(str(tmp_path / "none"), partial) is None

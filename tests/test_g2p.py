@@ -389,10 +389,11 @@ def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
     (["--corpus", "missing.dict"], "--corpus missing.dict: not a file"),
     (["--max_step", "abc"], "argument --max_step: must be an integer >= 1, got 'abc'"),
     (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
-    (["--seeds", "1,2,1"], "argument --seeds: a seed is given twice in '1,2,1'"),
+    (["--seeds", "1,2,1"], "argument --seeds: seed 1 is given twice in '1,2,1'"),
     (["--recipes", "noam,"], "--recipes: an empty name in 'noam,'; valid: noam, noam_ema"),
     (["--recipes", ""], "--recipes: an empty name in ''"),
-    (["--ding", "de-en.txt"], "--ding: --task g2p reads no Ding dictionary"),
+    (["--recipes", "noam, wsd,noam"], "--recipes: noam is given twice in 'noam, wsd,noam'"),
+    (["--ding", "de-en.txt"], "--ding de-en.txt: --task g2p reads no Ding dictionary"),
     (["--model", "missing.py"], "--model missing.py: not a file"),
     (["--task", "ocr"], "argument --task: invalid choice: 'ocr'"),
 ])

@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 from experiments import g2p, translation  # noqa: E402
 from experiments.g2p_data import cmudict_path, read_lexicon  # noqa: E402
-from experiments.runner import Experiment, Recipe, Settings, missing_results  # noqa: E402
+from experiments.runner import Experiment, Recipe, Settings, WorkDirInUse, only_user, report_conflict  # noqa: E402
 
 DEFAULT_BUDGET = {"translation": "hour", "g2p": "full"}
 # The committed tables, by task and budget; rewritten only by the settings that made them.
@@ -130,8 +130,9 @@ def _seeds(text: str) -> tuple[int, ...]:
         seeds = tuple(int(seed) for seed in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if len(set(seeds)) < len(seeds):
-        raise argparse.ArgumentTypeError(f"a seed is given twice in {text!r}")
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"seed {twice[0]} is given twice in {text!r}")
     return seeds
 
 
@@ -176,8 +177,10 @@ def main() -> int:
         _fail(f"--budget: {budget!r} is not a budget of --task {args.task}; valid: {', '.join(task.BUDGETS)}")
     if args.task == "g2p" and args.vocab_size is not None:
         _fail("--vocab_size: --task g2p has no SentencePiece vocabulary (one token a character or phoneme)")
-    if args.task == "g2p" and args.ding is not None:
-        _fail("--ding: --task g2p reads no Ding dictionary (--corpus gives another pronouncing dictionary)")
+    if args.ding is not None and (args.task == "g2p" or args.corpus):
+        _fail(f"--ding {args.ding}: " + ("--task g2p reads no Ding dictionary (--corpus gives another pronouncing "
+                                         "dictionary)" if args.task == "g2p" else "--corpus replaces the Ding "
+                                         "dictionary; give one of them"))
     if args.model is not None and not os.path.isfile(args.model):
         _fail(f"--model {args.model}: not a file (expected a model file, as onmt-main --model takes)")
     settings = task.Settings(**task.BUDGETS[budget])
@@ -189,12 +192,16 @@ def main() -> int:
     all_recipes = _recipes(args.task, settings)
     selected = all_recipes
     if args.recipes is not None:
-        names = args.recipes.split(",")
+        names = [name.strip() for name in args.recipes.split(",")]
+        valid = ", ".join(r.name for r in all_recipes)
         if "" in names:
-            _fail(f"--recipes: an empty name in {args.recipes!r}; valid: {', '.join(r.name for r in all_recipes)}")
+            _fail(f"--recipes: an empty name in {args.recipes!r}; valid: {valid}")
         unknown = sorted(set(names) - {r.name for r in all_recipes})
         if unknown:
-            _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {', '.join(r.name for r in all_recipes)}")
+            _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {valid}")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            _fail(f"--recipes: {twice[0]} is given twice in {args.recipes!r}")
         selected = [r for r in all_recipes if r.name in names]
 
     name = {"translation": "experiment", "g2p": "g2p"}[args.task]
@@ -206,17 +213,22 @@ def main() -> int:
     published = None if overridden else PUBLISHED.get((args.task, budget))
     results_dir = args.results_dir or (
         os.path.join(ROOT, "experiments", published) if published else os.path.join(work_dir, "results"))
+    if os.path.isdir(work_dir):  # refused before anything is read or written; the run holds the lock
+        try:
+            with only_user(work_dir):
+                pass
+        except WorkDirInUse as error:
+            _fail(str(error))
     try:
         runner: Experiment = task.Experiment(work_dir, settings, log=_log, jobs=args.jobs,
                                              progress_every=args.progress_every)
     except ValueError as error:
         _fail(str(error))
-    dropped = missing_results(results_dir, runner.results) if published and not args.results_dir else []
-    if dropped:
+    conflict = report_conflict(results_dir, runner.results) if published and not args.results_dir else None
+    if conflict:
+        _log(f"{conflict}: the report goes to {os.path.join(work_dir, 'results')} instead "
+             f"(--results_dir {os.path.relpath(results_dir)} writes there anyway)")
         results_dir = os.path.join(work_dir, "results")
-        _log(f"experiments/{published}/results.json records runs and scores that {work_dir} has not "
-             f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}): the report goes to {results_dir}, "
-             "not over them (--results_dir to choose)")
     if args.task == "g2p":
         splits = _lexicon_splits(args.corpus, settings)
         unit = "words"
@@ -232,7 +244,7 @@ def main() -> int:
     try:
         runner.run(splits, selected, on_task_done=lambda results: task.write_report(
             results, all_recipes, results_dir))
-    except ValueError as error:  # refused: a work directory in use, a run it cannot branch off
+    except WorkDirInUse as error:
         _fail(str(error))
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")

@@ -225,6 +225,19 @@ def training_seconds(model_dir: str) -> int | None:
     return round(sum(last - first for first, last in spans)) if spans else None
 
 
+def changed_keys(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """The keys whose values differ between two configurations, nested ones dotted
+    (``train.max_step``), in order."""
+    changed = []
+    for key in sorted(before.keys() | after.keys()):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
 def trained_up_to(model_dir: str) -> int:
     """The step of the last checkpoint in ``model_dir`` (0 without one)."""
     try:
@@ -495,6 +508,14 @@ class Experiment:
                 self.record("runs", key, {**record, "training_seconds": seconds})
             return config["model_dir"]
         config_path = self.config_path(recipe, seed)
+        if trained_up_to(config["model_dir"]) > 0 and os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as saved:
+                changed = changed_keys(yaml.safe_load(saved), config)
+            if changed:
+                raise RuntimeError(
+                    f"{key} was started with another configuration ({config_path}: {', '.join(changed)} differ from "
+                    "what this version gives it); resuming would go on with another recipe: remove "
+                    f"{config['model_dir']} to train the run again from the start")
         os.makedirs(os.path.dirname(config_path), exist_ok=True)
         write_lines(config_path, [yaml.safe_dump(config, sort_keys=False)])
         start = time.time()

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT, tool
 import toy_corpus
@@ -315,3 +316,29 @@ def test_a_report_is_not_written_over_results_it_would_drop(tmp_path):
     path.write_text("{")
     assert runner.report_conflict(str(tmp_path), more).startswith(f"{path} cannot be read (")
     assert runner.report_conflict(str(tmp_path / "none"), partial) is None
+
+
+def test_a_started_run_is_not_resumed_with_another_configuration(tmp_path):
+    # A run with a checkpoint, started with a configuration that this version would write
+    # otherwise (here: another peak and max_step): refused, and the saved configuration kept.
+    work = experiment.Experiment(str(tmp_path), experiment.Settings(max_step=10), log=print)
+    recipe = experiment.recipes(peak=1e-3, warmup=2, model_dim=8, ema=0.9, average=3)[0]
+    paths = {name: str(tmp_path / name) for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "vocab")}
+    config = work.training_config(recipe, 1, paths)
+    saved = {**config, "params": {**config["params"], "learning_rate": 5.0},
+             "train": {**config["train"], "max_step": 20}}
+    config_path = work.config_path(recipe, 1)
+    os.makedirs(os.path.dirname(config_path))
+    with open(config_path, "w", encoding="utf-8") as output:
+        yaml.safe_dump(saved, output)
+    before = open(config_path, encoding="utf-8").read()
+    os.makedirs(config["model_dir"])
+    with open(os.path.join(config["model_dir"], "checkpoint"), "w", encoding="utf-8") as state:
+        state.write('model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n')
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"constant-seed1 was started with another configuration ({config_path}: params.learning_rate, "
+            "train.max_step differ from what this version gives it); resuming would go on with another recipe: "
+            f"remove {config['model_dir']} to train the run again from the start")):
+        work.train(recipe, 1, paths)
+    assert open(config_path, encoding="utf-8").read() == before
+    assert runner.changed_keys({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 4}, "e": 5}) == ["a.c", "d", "e"]

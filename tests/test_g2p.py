@@ -389,6 +389,8 @@ def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
     (["--corpus", "missing.dict"], "--corpus missing.dict: not a file"),
     (["--max_step", "abc"], "argument --max_step: must be an integer >= 1, got 'abc'"),
     (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
+    (["--max_step", "37"], "--max_step 37: --task g2p --budget quick warms up over 30 updates and decays over the last "
+                           "fifth of the run; give 38 or more"),
     (["--seeds", "1,2,1"], "argument --seeds: seed 1 is given twice in '1,2,1'"),
     (["--recipes", "noam,"], "--recipes: an empty name in 'noam,'; valid: noam, noam_ema"),
     (["--recipes", ""], "--recipes: an empty name in ''"),

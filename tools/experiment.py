@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -187,6 +188,12 @@ def main() -> int:
     overrides = {"max_step": args.max_step, "vocab_size": args.vocab_size, "seeds": args.seeds,
                  "model_file": os.path.abspath(args.model) if args.model else None}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if args.task == "g2p":
+        # The warmup, then at least one update at the peak before WSD's decay (the last fifth, one update or more).
+        least = next(step for step in itertools.count(5) if step - step // 5 > settings.warmup)
+        if settings.max_step < least:
+            _fail(f"--max_step {settings.max_step}: --task g2p --budget {budget} warms up over {settings.warmup} "
+                  f"updates and decays over the last fifth of the run; give {least} or more")
     if args.task == "g2p" and budget == "full":
         settings = dataclasses.replace(settings, peak=_searched_peak())
     all_recipes = _recipes(args.task, settings)

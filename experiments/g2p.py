@@ -324,7 +324,8 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
     seeds that both have: ``None`` for the recipe itself or without such seeds, else a dict
     with ``delta`` (the difference of the means over those seeds), the ``low`` and ``high``
     ends of its paired-bootstrap interval over the scored words
-    (:func:`experiments.paired.wer_difference`) and the difference ``by_seed``. The last
+    (:func:`experiments.paired.wer_difference`), the difference ``by_seed`` and the t interval
+    of its mean over the seeds, ``over_seeds`` (:func:`experiments.paired.seed_interval`). The last
     checkpoint of a run also has its difference to that of every other run, in the same form
     (``runs``: by recipe name)."""
     size = results["settings"][f"{results['settings']['scored']}_size"]
@@ -345,7 +346,8 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
             return None
         delta, low, high = paired.wer_difference([wrong[name][s] for s in common], [wrong[other][s] for s in common])
         by_seed = [100 * (wrong[name][s].mean() - wrong[other][s].mean()) for s in common]
-        return {"delta": delta, "low": low, "high": high, "by_seed": by_seed}
+        return {"delta": delta, "low": low, "high": high, "by_seed": by_seed,
+                "over_seeds": paired.seed_interval(by_seed)}
 
     last = [r.name for r in selected if r.name == r.training and r.name in wrong]
     rows = []
@@ -431,7 +433,9 @@ def table(results: dict, selected: list[Recipe]) -> str:
         if difference is None:
             return "–"
         seeds = ", ".join(f"{value:+.2f}" for value in difference["by_seed"])
-        return "{delta:+.2f} [{low:+.2f}, {high:+.2f}]".format(**difference) + (f"; {seeds}" if seeds else "")
+        over = difference.get("over_seeds")
+        return ("{delta:+.2f} [{low:+.2f}, {high:+.2f}]".format(**difference) + (f"; {seeds}" if seeds else "")
+                + (f" [{over[0]:+.2f}, {over[1]:+.2f}]" if over else ""))
 
     lines = [
         "",
@@ -439,7 +443,8 @@ def table(results: dict, selected: list[Recipe]) -> str:
         f"the difference of the means over those seeds, its {paired.CONFIDENCE:.0%} interval from "
         f"{paired.RESAMPLES:,} paired bootstrap resamples of the {scored} words (how much the difference depends "
         "on which words were drawn, not on the seeds), then the difference on each of those seeds (how much it "
-        "depends on the training run). Against the last checkpoint of its run, a recipe is compared on the same "
+        "depends on the training run) and, with two seeds or more, the 95% Student-t interval of their mean. "
+        "Against the last checkpoint of its run, a recipe is compared on the same "
         "runs. The recipe of lowest mean WER is chosen after the fact among those of the most seeds: its "
         "differences are a little flattering to it. –: the recipe itself, or no seed in common.",
         "",

@@ -1,5 +1,6 @@
 """Paired comparison of systems scored on the same test words: which words each got wrong,
-kept compactly, and a bootstrap interval for the difference of their word error rates.
+kept compactly, a bootstrap interval for the difference of their word error rates, and a
+Student-t interval for the mean of differences measured on several training seeds.
 
 The resampling is the paired bootstrap of Koehn, "Statistical significance tests for machine
 translation evaluation" (EMNLP 2004): the same test items drawn for both systems; the interval
@@ -101,3 +102,21 @@ def wer_difference(
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = 100.0 * np.percentile(resampled, [tail, 100.0 - tail])
     return 100.0 * float(differences.mean()), float(low), float(high)
+
+
+_T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281)
+"""Student's t quantile at 0.975 for 1 to 10 degrees of freedom (the standard table)."""
+
+
+def seed_interval(by_seed: Sequence[float]) -> tuple[float, float] | None:
+    """The 95% Student-t interval of the mean of differences measured on several seeds (one
+    training run each): mean ± t(0.975, n - 1) · s / √n, s the sample standard deviation.
+    It says how much a difference depends on the training run, which the bootstrap over the
+    test words does not; ``None`` for fewer than 2 seeds or more than 11.
+    """
+    n = len(by_seed)
+    if not 2 <= n <= len(_T_975) + 1:
+        return None
+    mean, spread = float(np.mean(by_seed)), float(np.std(by_seed, ddof=1))
+    half = _T_975[n - 2] * spread / np.sqrt(n)
+    return mean - half, mean + half

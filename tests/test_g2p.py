@@ -357,10 +357,30 @@ def test_differences_are_on_the_seeds_both_recipes_have():
     # The moving average against seed 1 of its run: per word d = (0, -1, 0, 0), so -25 points; a
     # resample draws word 1 k ~ Binomial(4, 1/4) times: k >= 3 has probability 5.1%, k = 4 0.4%,
     # k = 0 31.6%, so the central 95% of -25 k runs from -75 to 0.
-    assert rows["noam_ema"]["own"] == {"delta": -25.0, "low": -75.0, "high": 0.0, "by_seed": [-25.0]}
+    assert rows["noam_ema"]["own"] == {"delta": -25.0, "low": -75.0, "high": 0.0, "by_seed": [-25.0],
+                                       "over_seeds": None}  # one seed: no interval over seeds
     table = g2p.table(results, selected)
     assert "| Noam: EMA 0.999 | -25.00 [-75.00, +0.00]; -25.00 | -25.00 [-75.00, +0.00]; -25.00 |" in table
     assert "| warmup-stable-decay (1-sqrt): last checkpoint | – | – |" in table.splitlines()[-1:]
+
+
+def test_differences_on_two_seeds_have_an_interval_over_the_seeds():
+    # Noam: 50% and 25% WER on seeds 1 and 2; its moving average 25% and 25%: -25 and 0 points,
+    # mean -12.5, s = 17.678, s / sqrt(2) = 12.5, t(0.975, 1) = 12.7062: -12.5 -/+ 158.83.
+    flags = {"noam-seed1": [1, 1, 0, 0], "noam-seed2": [1, 0, 0, 0], "noam_ema-seed1": [1, 0, 0, 0],
+             "noam_ema-seed2": [1, 0, 0, 0]}
+    scores = {key: {"recipe": key.split("-seed")[0], "seed": int(key[-1]), "wer": 25.0 * sum(wrong), "per": 0.0,
+                    "wrong": f"{int(''.join(map(str, wrong)) + '0000', 2):02x}"} for key, wrong in flags.items()}
+    results = {"settings": {"scored": "test", "test_size": 4, "ema": 0.999, "average": 5, "max_step": 10,
+                            "peak": 1e-3, "peaks": [], "warmup": 2, "batch_size": 64, "model_dim": 8,
+                            "model_file": "tiny.py"},
+               "scores": scores, "runs": {f"noam-seed{seed}": {"dev_loss": {}} for seed in (1, 2)}}
+    selected = [r for r in g2p.recipes(g2p.Settings()) if r.name in ("noam", "noam_ema")]
+    own = {row["recipe"]: row for row in g2p.differences(results, selected)}["noam_ema"]["own"]
+    assert own["by_seed"] == [-25.0, 0.0] and own["delta"] == -12.5
+    assert own["over_seeds"] == pytest.approx((-12.5 - 158.828, -12.5 + 158.828), abs=1e-3)
+    assert "| Noam: EMA 0.999 | -12.50 [" in g2p.table(results, selected)
+    assert "; -25.00, +0.00 [-171.33, +146.33] |" in g2p.table(results, selected)
 
 
 def test_the_last_fifth_change_is_the_dev_wer_at_the_end_minus_four_fifths_in():

@@ -82,3 +82,12 @@ def test_bad_resampling_settings_are_refused(resamples, confidence):
     with pytest.raises(ValueError, match=f"resamples must be > 0 and confidence in \\(0, 1\\), got {resamples} "
                                          f"and {confidence}"):
         paired.wer_difference([np.zeros(4, bool)], [np.zeros(4, bool)], resamples=resamples, confidence=confidence)
+
+
+def test_the_seed_interval_by_hand():
+    # Two seeds, differences 1 and 3: mean 2, s = sqrt(2), s / sqrt(2) = 1, t(0.975, 1) = 12.7062.
+    assert paired.seed_interval([1.0, 3.0]) == pytest.approx((2 - 12.7062, 2 + 12.7062))
+    # Three: -0.92, -1.06, -0.40; mean -0.793333, s^2 = (0.126667^2 + 0.266667^2 + 0.393333^2) / 2
+    # = 0.120933, s / sqrt(3) = 0.200776, t(0.975, 2) = 4.3027: -0.793333 -/+ 0.863880.
+    assert paired.seed_interval([-0.92, -1.06, -0.40]) == pytest.approx((-1.657213, 0.070547), abs=1e-5)
+    assert paired.seed_interval([0.5]) is None and paired.seed_interval([0.1] * 12) is None

@@ -180,8 +180,7 @@ def report_conflict(results_dir: str, results: dict) -> str | None:
         return None
     except (OSError, ValueError) as error:
         return f"{path} cannot be read ({error})"
-    before, now = _comparable(committed.get("settings", {})), _comparable(results.get("settings", {}))
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    changed = changed_keys(_comparable(committed.get("settings", {})), _comparable(results.get("settings", {})))
     if changed:
         return f"{path} holds results of other settings ({', '.join(changed)} differ)"
     missing = [key for kind in ("runs", "scores") for key in sorted(committed.get(kind, {}))

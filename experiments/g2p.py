@@ -28,15 +28,32 @@ MAX_LENGTH = 32
 SCHEDULES = ("noam", "cosine", "wsd", "constant")
 
 
-def panels(selected: list[Recipe]) -> list[runner.Panel]:
-    """The pictures of ``curves.png``: the learning rate, the dev loss and WER of the
-    checkpoints' weights (named the moving average when every run keeps one), and the dev WER
-    over the second half of the runs."""
+def panels(selected: list[Recipe], settings: dict) -> list[runner.Panel]:
+    """The pictures of ``curves.png``: the learning rate of each schedule
+    (:func:`learning_rates`), the dev loss and WER of the checkpoints' weights (named the moving
+    average when every run keeps one), and the dev WER over the second half of the runs."""
     weights = " (moving average)" if _moving_average_everywhere(selected) else ""
-    return [runner.Panel("learning_rate", "learning rate", "Learning rate (as onmt-main logged it)"),
+    return [runner.Panel("learning_rate", "learning rate", "Learning rate (the schedule)",
+                         values=learning_rates(selected, settings["max_step"], settings["warmup"])),
             runner.Panel("dev_loss", "dev loss", f"Dev loss of the checkpoints{weights}"),
             runner.Panel("dev_wer", "dev WER (%)", f"Dev WER of the checkpoints{weights}"),
             runner.Panel("dev_wer", "dev WER (%)", "The same, second half (one line a seed)", last=0.5)]
+
+
+def learning_rates(selected: list[Recipe], max_step: int, warmup: int) -> dict[str, dict[str, float]]:
+    """The learning rate of each training recipe of ``selected`` as training computes it from
+    its ``params`` (:func:`onmt_trainkit.config.learning_rate_schedule`), ``{"step": rate}`` at
+    every warmup step and at 400 evenly spaced steps to ``max_step``."""
+    from onmt_trainkit import config, schedules  # TensorFlow: imported for the picture only
+
+    steps = np.unique(np.concatenate([np.arange(warmup + 1), np.linspace(0, max_step, 401).round()])).astype(int)
+    curves = {}
+    for recipe in {r.training: r for r in selected}.values():
+        schedule = config.learning_rate_schedule(recipe.params, max_step=max_step)
+        rates = (schedules.evaluate(schedule, steps) if schedule is not None
+                 else np.full(len(steps), float(recipe.params["learning_rate"])))
+        curves[recipe.training] = {str(step): float(rate) for step, rate in zip(steps, rates)}
+    return curves
 
 
 def _moving_average_everywhere(selected: list[Recipe]) -> bool:
@@ -144,6 +161,8 @@ def schedule_params(schedule: str, settings: Settings, peak: float) -> dict:
     raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
+_DEFAULT_MODEL = runner.recorded(runner.Settings())["model_file"]
+"""The model file of every budget, as ``results.json`` records it (its ``model_dim`` is the model's)."""
 _MODELS = ("", "_ema", "_avg", "_ema_avg")
 """The suffixes of the four models that each schedule's run gives (:func:`recipes`)."""
 _DESCRIPTIONS = {"noam": "Noam", "cosine": "warmup + cosine", "wsd": "warmup-stable-decay (1-sqrt)",
@@ -188,7 +207,14 @@ def read_references(path: str) -> list[list[list[str]]]:
 
 
 def lexicon_splits(lexicon: Lexicon, settings: Settings) -> dict[str, list]:
-    """``{split: [(word, its pronunciations)]}``, split by word (:func:`split_words`, seed 0)."""
+    """``{split: [(word, its pronunciations)]}``, split by word (:func:`split_words`, seed 0).
+
+    Raises:
+      ValueError: for an empty lexicon or one too small for the settings' splits.
+    """
+    if not lexicon:
+        raise ValueError("no word of the letters a-z, apostrophe, period and hyphen in it (expected a word and its "
+                         "phonemes a line, as in cmudict.dict)")
     words = split_words(lexicon, settings.test_size, settings.dev_size, max_train=settings.max_train)
     return {split: [(word, lexicon[word]) for word in chosen] for split, chosen in words.items()}
 
@@ -261,11 +287,11 @@ class Experiment(runner.Experiment):
         jobs = {("dev", f"{key}-step{step}"): checkpoint for step, checkpoint in curve.items()}
         for name, recipe in scored.items():
             weights = self.weights_dir(recipe, seed, model_dir)
-            jobs[(self.settings.scored, name)] = averaging.listed_checkpoints(weights)[-1]
+            jobs[(split, name)] = averaging.listed_checkpoints(weights)[-1]
         if not jobs:
             return
         self.log(f"decoding with {key}: the dev words at steps {', '.join(curve) or 'none'}; the "
-                 f"{self.settings.scored} words with {', '.join(r.name for r in scored.values()) or 'none'}")
+                 f"{split} words with {', '.join(r.name for r in scored.values()) or 'none'}")
         rates = self.decode(recipes[0], seed, model_dir, paths, jobs)
         for step in curve:
             measured = rates[("dev", f"{key}-step{step}")]
@@ -409,8 +435,9 @@ def table(results: dict, selected: list[Recipe]) -> str:
     settings = results["settings"]
     scored = settings["scored"]
     peaks = ", ".join(f"{peak:g}" for peak in settings["peaks"]) or f"{settings['peak']:g}"
+    units = f" ({settings['model_dim']} units)" if settings["model_file"] == _DEFAULT_MODEL else ""
     text = (f"Grapheme-to-phoneme conversion on CMUdict, scored on {settings[f'{scored}_size']:,} {scored} words: "
-            f"`{settings['model_file']}` ({settings['model_dim']} units), {settings['max_step']:,} updates of "
+            f"`{settings['model_file']}`{units}, {settings['max_step']:,} updates of "
             f"{settings['batch_size']:,}-token batches, a peak learning rate of {peaks} after {settings['warmup']:,} "
             "warmup updates. sd: the sample standard deviation over the seeds (n - 1). The dev loss (`onmt-main "
             "train --with_eval`) and the dev WER (decoded here) are those of the checkpoints' weights"
@@ -424,6 +451,9 @@ def table(results: dict, selected: list[Recipe]) -> str:
                  "runs (a branching run's after its branch only), summed over the processes, which ran side by "
                  "side: each from its first to its last training summary, the evaluations between them included, "
                  "start-up, the final evaluation and decoding not.\n")
+    notes = [f"- {key}: {run['note']}" for key, run in sorted(results["runs"].items()) if "note" in run]
+    if notes:
+        text += "\nNotes on the runs:\n\n" + "\n".join(notes) + "\n"
     rows = differences(results, selected)
     if not rows:
         return text
@@ -466,4 +496,4 @@ def write_report(results: dict, selected: list[Recipe], results_dir: str) -> Non
     """Writes ``results.json``, ``results.md`` (the table) and ``curves.png`` (per recipe,
     :func:`panels`) into ``results_dir``."""
     runner.write_report(results, table(results, selected), results_dir,
-                        lambda path: runner.plot(results, selected, path, panels(selected)))
+                        lambda path: runner.plot(results, selected, path, panels(selected, results["settings"])))

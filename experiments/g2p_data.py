@@ -30,8 +30,9 @@ def read_lexicon(path: str) -> Lexicon:
     """Reads a ``cmudict.dict`` file: ``word PH ON EMES`` a line, ``word(2)`` for an alternative
     pronunciation, ``# ...`` a comment to the end of the line.
 
-    Words with another character than ``a-z ' . -`` are left out, and so is a pronunciation
-    listed twice for the same word.
+    Words are lower-cased (``cmudict-0.7b`` writes them in capitals); words with another
+    character than ``a-z ' . -`` are left out, and so is a pronunciation listed twice for the
+    same word.
     """
     lexicon: Lexicon = {}
     with open(path, encoding="utf-8") as lines:
@@ -39,7 +40,7 @@ def read_lexicon(path: str) -> Lexicon:
             fields = line.split("#", 1)[0].split()
             if len(fields) < 2:
                 continue
-            word = _ALTERNATIVE.sub("", fields[0])
+            word = _ALTERNATIVE.sub("", fields[0]).lower()
             if not _WORD.fullmatch(word):
                 continue
             pronunciations = lexicon.setdefault(word, [])

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
@@ -137,6 +138,18 @@ def _comparable(settings: dict) -> dict:
 
 class WorkDirInUse(ValueError):
     """Another experiment runs in the work directory."""
+
+
+class OtherData(ValueError):
+    """The work directory holds results of other data."""
+
+
+def data_record(splits: dict[str, list]) -> dict:
+    """What ``results.json`` records of the data: the SHA-256 of its splits (as JSON, keys
+    sorted) and their sizes."""
+    text = json.dumps(splits, sort_keys=True, ensure_ascii=False)
+    return {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            **{f"{split}_size": len(entries) for split, entries in sorted(splits.items())}}
 
 
 @contextlib.contextmanager
@@ -392,8 +405,7 @@ class Experiment:
         if os.path.exists(self.results_path):
             with open(self.results_path, encoding="utf-8") as saved:
                 previous = json.load(saved)
-            before = _comparable(previous.get("settings", {}))
-            changed = sorted(k for k, v in _comparable(current).items() if before.get(k) != v)
+            changed = changed_keys(_comparable(previous.get("settings", {})), _comparable(current))
             if changed:
                 raise ValueError(
                     f"{self.results_path} holds results of other settings ({', '.join(changed)} differ); "
@@ -434,10 +446,14 @@ class Experiment:
         """The name of a recipe's training run in ``results["runs"]`` and on disk."""
         return f"{recipe.training}-seed{seed}"
 
-    def record(self, kind: str, key: str, value: dict) -> None:
-        """Adds a result and saves ``results.json`` (written aside, then renamed)."""
+    def record(self, kind: str, key: str | None, value: dict) -> None:
+        """Adds a result (``results[kind][key]``; ``results[kind]`` itself for no ``key``) and
+        saves ``results.json`` (written aside, then renamed)."""
         with self._lock:
-            self.results.setdefault(kind, {})[key] = value
+            if key is None:
+                self.results[kind] = value
+            else:
+                self.results.setdefault(kind, {})[key] = value
             write_lines(self.results_path, [json.dumps(self.results, indent=1, sort_keys=True)])
 
     def threads(self) -> list[str]:
@@ -590,12 +606,22 @@ class Experiment:
         branches off if any (:func:`chains`); chains go ``jobs`` at a time, and
         ``on_task_done`` is called with the results after each task. A chain that fails does
         not stop the others; the first failure is raised when all are done.
+
+        Raises:
+          WorkDirInUse: when another experiment runs in the work directory.
+          OtherData: when ``results.json`` records other data than ``splits`` (:func:`data_record`).
         """
         with only_user(self.work_dir):
             self._run(splits, selected, on_task_done)
 
     def _run(self, splits: dict[str, list], selected: list[Recipe],
              on_task_done: Callable[[dict], None] | None) -> None:
+        data = data_record(splits)
+        if self.results.get("data", data) != data:
+            changed = ", ".join(changed_keys(self.results["data"], data))
+            raise OtherData(f"{self.results_path} holds results of other data ({changed} differ); give another "
+                            "--work_dir, or remove it to start again")
+        self.record("data", None, data)
         paths = self.prepare_data(splits)
         work = chains(self.settings.seeds, selected)
         total = sum(len(chain) for _, chain in work)
@@ -700,18 +726,21 @@ class Panel:
       last: The share of the steps shown, the last ones: 1 shows every step with the y axis
         from 0; 0.5 shows the second half of the longest run, the y axis fitted to it (how flat
         the end of a curve is, and the seeds apart).
+      values: The series by training recipe (``{"step": value}``), drawn in place of the run
+        records' (the learning rate as the schedule gives it, at every step that matters).
     """
 
     key: str
     ylabel: str
     title: str
     last: float = 1.0
+    values: dict[str, dict[str, float]] | None = None
 
 
 def plot(results: dict, selected: list[Recipe], path: str, panels: list[Panel]) -> None:
     """Draws, per training recipe and side by side, each run record's series named in
-    ``panels`` against steps (the last ones only for a panel with ``last`` < 1); the learning
-    rate once per recipe, other series once per seed."""
+    ``panels`` (or the panel's own ``values``) against steps (the last ones only for a panel
+    with ``last`` < 1); the learning rate once per recipe, other series once per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -725,9 +754,13 @@ def plot(results: dict, selected: list[Recipe], path: str, panels: list[Panel]) 
         color = None
         for panel, picture in zip(panels, axes):
             style = {} if panel.key == "learning_rate" else {"marker": "o", "markersize": 3}
-            drawn = [run for run in (runs[:1] if panel.key == "learning_rate" else runs) if run.get(panel.key)]
-            for index, run in enumerate(drawn):
-                steps, values = _series(run[panel.key], first=longest * (1 - panel.last))
+            if panel.values is not None:
+                drawn = [panel.values[training]] if training in panel.values else []
+            else:
+                drawn = [run[panel.key] for run in (runs[:1] if panel.key == "learning_rate" else runs)
+                         if run.get(panel.key)]
+            for index, series in enumerate(drawn):
+                steps, values = _series(series, first=longest * (1 - panel.last))
                 (line,) = picture.plot(steps, values, color=color, alpha=0.8, label=None if index else training,
                                        **style)
                 color = line.get_color()

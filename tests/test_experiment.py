@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -316,6 +317,26 @@ def test_a_report_is_not_written_over_results_it_would_drop(tmp_path):
     path.write_text("{")
     assert runner.report_conflict(str(tmp_path), more).startswith(f"{path} cannot be read (")
     assert runner.report_conflict(str(tmp_path / "none"), partial) is None
+
+
+def test_results_of_other_data_are_not_resumed(tmp_path):
+    # Another corpus (or another version of it) in the same work directory: refused before
+    # anything is written, naming what differs; the recorded results are kept.
+    splits = {"train": [("a b", "x y")], "dev": [("a", "x")], "test": [("b", "y")]}
+    recorded = runner.data_record(splits)
+    text = '{"dev": [["a", "x"]], "test": [["b", "y"]], "train": [["a b", "x y"]]}'
+    assert recorded == {"sha256": hashlib.sha256(text.encode()).hexdigest(), "dev_size": 1, "test_size": 1,
+                        "train_size": 1}
+    (tmp_path / "results.json").write_text(json.dumps({"settings": runner.recorded(experiment.Settings()),
+                                                       "runs": {}, "scores": {}, "data": recorded}))
+    before = (tmp_path / "results.json").read_bytes()
+    work = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print)
+    other = {**splits, "train": [("a b", "x y"), ("b a", "y x")]}
+    with pytest.raises(runner.OtherData, match=f"^{tmp_path / 'results.json'} holds results of other data "
+                                               r"\(sha256, train_size differ\); give another --work_dir"):
+        work.run(other, [])
+    assert (tmp_path / "results.json").read_bytes() == before
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_started_run_is_not_resumed_with_another_configuration(tmp_path):

@@ -61,10 +61,14 @@ def test_the_lexicon_reader(tmp_path):
         "n\u00e9e N EY1\n"  # another character than a-z ' . -
         "3m TH R IY1 EH1 M\n"
         "lonely\n"  # no pronunciation
+        ";;; # cmudict-0.7b: a comment\n"
+        "ZULU  Z UW1 L UW0\n"  # cmudict-0.7b: capitals, two spaces
+        "ZULU(1)  Z UW1 L UW2\n"
     )
     assert read_lexicon(str(path)) == {
         "'bout": [("B", "AW1", "T")], "a": [("AH0",), ("EY1",)],
-        "aalborg": [("AO1", "L", "B", "AO0", "R", "G")], "x-ray": [("EH1", "K", "S", "R", "EY2")]}
+        "aalborg": [("AO1", "L", "B", "AO0", "R", "G")], "x-ray": [("EH1", "K", "S", "R", "EY2")],
+        "zulu": [("Z", "UW1", "L", "UW0"), ("Z", "UW1", "L", "UW2")]}
 
 
 def test_the_installed_cmudict():
@@ -99,6 +103,21 @@ def test_every_schedule_peaks_at_the_same_rate_after_the_same_warmup(schedule, v
     params = g2p.schedule_params(schedule, settings, settings.peak)
     rates = schedules.evaluate(config.learning_rate_schedule(params, max_step=1000), np.array(list(values)))
     np.testing.assert_allclose(rates, list(values.values()), rtol=1e-5, atol=1e-9)
+
+
+def test_the_pictured_learning_rates_are_the_schedules():
+    # Every warmup step and 400 evenly spaced ones: the peak at the warmup's end, each schedule's
+    # end at the last step (as in the test above).
+    settings = g2p.Settings(max_step=1000, warmup=100, peak=2e-3, model_dim=128)
+    curves = g2p.learning_rates(g2p.recipes(settings), 1000, 100)
+    assert list(curves) == ["noam", "cosine", "wsd", "constant"]
+    expected_steps = sorted(set(range(101)) | {round(i * 2.5) for i in range(401)})
+    ends = {"noam": 2e-3 * (100 / 1001) ** 0.5, "cosine": 2e-4, "wsd": 0.0, "constant": 2e-3}
+    for schedule, curve in curves.items():
+        assert [int(step) for step in curve] == expected_steps
+        half, peak = ("49", "99") if schedule == "noam" else ("50", "100")  # Noam's t = step + 1
+        assert curve[half] == pytest.approx(1e-3, rel=1e-5) and curve[peak] == pytest.approx(2e-3, rel=1e-5)
+        assert curve["1000"] == pytest.approx(ends[schedule], rel=1e-5, abs=1e-9)
 
 
 @pytest.mark.parametrize("budget", ["full", "quick"])
@@ -240,7 +259,7 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     # What was run, the four models of the run side by side, then a row each.
     scores = again.results["scores"]
     assert table[0].startswith("Grapheme-to-phoneme conversion on CMUdict, scored on 20 test words: ") and not table[1]
-    assert "16 units), 6 updates of 256-token batches, a peak learning rate of " in table[0]
+    assert f"`{settings.model_file}`, 6 updates of 256-token batches, a peak learning rate of " in table[0]  # no size
     assert table[2:7] == [
         "test WER % (mean ± sd over the seeds), and the change of the dev WER of each run's checkpoints over the "
         "last fifth of its updates (4 to 6), in points, by seed", "",
@@ -260,6 +279,8 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     row = [line for line in table if line.startswith("| Noam: EMA 0.9 | ")][-1]  # after the table of scores
     assert row.startswith(f"| Noam: EMA 0.9 | {difference:+.2f} [") and f"]; {difference:+.2f} | " in row, row
     assert any(line.startswith("| Noam: last checkpoint | – | ") for line in table), table
+    noted = {**again.results, "runs": {"noam-seed1": {**run, "note": "resumed twice."}}}
+    assert "\nNotes on the runs:\n\n- noam-seed1: resumed twice.\n" in g2p.table(noted, recipes)
 
     # Predictions that no longer give the recorded WER: their wrong words are not recorded.
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -403,7 +424,7 @@ def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--vocab_size", "10"], "--vocab_size: --task g2p has no SentencePiece vocabulary"),
+    (["--vocab_size", "10"], "--vocab_size 10: --task g2p has no SentencePiece vocabulary"),
     (["--budget", "hour"], "--budget: 'hour' is not a budget of --task g2p; valid: full, quick, peak"),
     (["--recipes", "noam,adam"], "--recipes: unknown adam; valid: noam, noam_ema, noam_avg, noam_ema_avg, cosine"),
     (["--corpus", "missing.dict"], "--corpus missing.dict: not a file"),
@@ -412,6 +433,13 @@ def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
     (["--max_step", "37"], "--max_step 37: --task g2p --budget quick warms up over 30 updates and decays over the last "
                            "fifth of the run; give 38 or more"),
     (["--seeds", "1,2,1"], "argument --seeds: seed 1 is given twice in '1,2,1'"),
+    (["--seeds", "1,-1"], "argument --seeds: seed -1 in '1,-1' is not within 0 to 2**32 - 1"),
+    (["--seeds", "4294967296"], "argument --seeds: seed 4294967296 in '4294967296' is not within 0 to 2**32 - 1"),
+    (["--peak", "0"], "argument --peak: must be a number > 0, got '0'"),
+    (["--peak", "inf"], "argument --peak: must be a number > 0, got 'inf'"),
+    (["--budget", "peak", "--peak", "3e-3"], "--peak 0.003: --budget peak tries its own peaks (0.001, 0.002, "
+                                             "0.004); --peak is for the other budgets"),
+    (["--results_dir", __file__], f"--results_dir {__file__}: not a directory"),
     (["--recipes", "noam,"], "--recipes: an empty name in 'noam,'; valid: noam, noam_ema"),
     (["--recipes", ""], "--recipes: an empty name in ''"),
     (["--recipes", "noam, wsd,noam"], "--recipes: noam is given twice in 'noam, wsd,noam'"),
@@ -425,6 +453,40 @@ def test_g2p_command_line_refusals(tmp_path, arguments, message):
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"experiment: error: {message}"), result.stderr
+    assert not os.path.exists(tmp_path / "work")
+
+
+def test_a_work_directory_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "work").write_text("a file")
+    result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--work_dir", str(tmp_path / "work"),
+                  check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"experiment: error: --work_dir {tmp_path / 'work'}: not a directory\n"
+    assert (tmp_path / "work").read_text() == "a file"
+
+
+def test_the_full_table_of_another_dictionary_needs_its_own_peak(tmp_path):
+    # The committed peak search is CMUdict's: another dictionary's table takes the peak its own
+    # search chose (--budget peak --corpus FILE), or --peak.
+    lexicon = tmp_path / "mine.dict"
+    lexicon.write_text("".join(f"w{'a' * i} W\n" for i in range(150)))
+    result = tool("experiment.py", "--task", "g2p", "--corpus", str(lexicon), "--work_dir", str(tmp_path / "work"),
+                  check=False)
+    search = os.path.join(ROOT, "run", "g2p-peak-mine", "results", "results.json")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"experiment: error: {search} not found: run the peak search first (--budget peak "
+                             f"--corpus {lexicon}) or give --peak\n")
+    assert not os.path.exists(tmp_path / "work")
+
+
+def test_a_file_without_a_word_is_refused(tmp_path):
+    foreign = tmp_path / "foreign.dict"
+    foreign.write_text("\u00e9t\u00e9 E T E\n")
+    result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--corpus", str(foreign),
+                  "--work_dir", str(tmp_path / "work"), check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"experiment: error: --corpus {foreign}: no word of the letters a-z, apostrophe, period "
+                             "and hyphen in it (expected a word and its phonemes a line, as in cmudict.dict)\n")
     assert not os.path.exists(tmp_path / "work")
 
 
@@ -453,3 +515,21 @@ def test_the_committed_g2p_results_are_those_of_their_command(tmp_path, budget, 
     work = g2p.Experiment(str(tmp_path), settings)
     names = {f"{r.name}-seed{seed}" for r in g2p.recipes(settings) for seed in settings.seeds}
     assert work.results["scores"] and set(work.results["scores"]) <= names
+    if "data" in work.results:  # and of the data that the command splits
+        splits = g2p.lexicon_splits(read_lexicon(cmudict_path()), settings)
+        assert work.results["data"] == runner.data_record(splits)
+
+
+def test_the_readme_leads_with_the_committed_table():
+    saved = os.path.join(ROOT, "experiments", "g2p", "results.json")
+    if not os.path.exists(saved):
+        pytest.skip("experiments/g2p holds no results yet (its runs are going)")
+    with open(saved, encoding="utf-8") as results:
+        results = json.load(results)
+    settings = g2p.Settings(**{**results["settings"], "seeds": tuple(results["settings"]["seeds"]),
+                               "peaks": tuple(results["settings"]["peaks"])})
+    expected = [line for line in g2p.overview(results, g2p.recipes(settings)).splitlines() if line.startswith("|")]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
+        lines = readme.read().splitlines()
+    start = lines.index(expected[0])
+    assert lines[start:start + len(expected)] == expected

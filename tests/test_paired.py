@@ -90,4 +90,13 @@ def test_the_seed_interval_by_hand():
     # Three: -0.92, -1.06, -0.40; mean -0.793333, s^2 = (0.126667^2 + 0.266667^2 + 0.393333^2) / 2
     # = 0.120933, s / sqrt(3) = 0.200776, t(0.975, 2) = 4.3027: -0.793333 -/+ 0.863880.
     assert paired.seed_interval([-0.92, -1.06, -0.40]) == pytest.approx((-1.657213, 0.070547), abs=1e-5)
-    assert paired.seed_interval([0.5]) is None and paired.seed_interval([0.1] * 12) is None
+    assert paired.seed_interval([0.5]) is None
+    # Twelve seeds, 0 and 1 alternating: mean 0.5, s^2 = 12 * 0.25 / 11, s / sqrt(12) = 0.150756,
+    # t(0.975, 11) = 2.2010 (the table): 0.5 -/+ 0.331814.
+    assert paired.seed_interval([0.0, 1.0] * 6) == pytest.approx((0.168186, 0.831814), abs=1e-4)
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.7062), (10, 2.2281), (11, 2.2010), (15, 2.1314), (20, 2.0860),
+                                          (30, 2.0423), (31, 2.0395), (40, 2.0211), (60, 2.0003), (120, 1.9799), (10**6, 1.9600)])
+def test_t_quantile_follows_the_standard_table(df, expected):
+    assert paired.t_975(df) == pytest.approx(expected, abs=1e-4)

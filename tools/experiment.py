@@ -228,8 +228,7 @@ def main() -> int:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if args.task == "g2p":
         # The warmup, then at least one update at the peak before WSD's decay (the last fifth, one update or more).
-        least = next(step for step in itertools.count(5)
-                     if g2p.wsd_decay_start(dataclasses.replace(settings, max_step=step)) > settings.warmup)
+        least = next(step for step in itertools.count(5) if g2p.last_fifth_start(step) > settings.warmup)
         if settings.max_step < least:
             _fail(f"--max_step {settings.max_step}: --task g2p --budget {budget} warms up over {settings.warmup} "
                   f"updates and decays over the last fifth of the run; give {least} or more")

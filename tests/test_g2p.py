@@ -262,12 +262,12 @@ def test_g2p_pipeline_runs_and_resumes(pipeline):
     assert f"`{settings.model_file}`, 6 updates of 256-token batches, a peak learning rate of " in table[0]  # no size
     assert table[2:7] == [
         "test WER % (mean ± sd over the seeds), and the change of the dev WER of each run's checkpoints over the "
-        "last fifth of its updates (4 to 6), in points, by seed", "",
+        "last fifth of its updates (5 to 6), in points, by seed", "",
         "| schedule | seeds | last checkpoint | EMA 0.9 | average of the last 2 | EMA, average of the last 2 "
         "| dev WER, last fifth |",
         "|---|---|---|---|---|---|---|",
         "| Noam | 1 | " + " | ".join(f"{scores[f'noam{suffix}-seed1']['wer']:.2f}"
-                                    for suffix in ("", "_ema", "_avg", "_ema_avg")) + " | – |"]  # no dev WER at 4
+                                    for suffix in ("", "_ema", "_avg", "_ema_avg")) + " | – |"]  # no dev WER at 5
     assert "| recipe | seeds | test WER % (mean ± sd) | test PER % (mean ± sd) | last dev loss (mean) |" in table
     assert any(line.startswith(f"Training: {run['training_seconds'] / 3600:.1f} hours of `onmt-main train` "
                                "processes over 1 runs") for line in table), table

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 from onmt_trainkit import averaging
@@ -30,8 +31,9 @@ SCHEDULES = ("noam", "cosine", "wsd", "constant")
 
 def panels(selected: list[Recipe], settings: dict) -> list[runner.Panel]:
     """The pictures of ``curves.png``: the learning rate of each schedule
-    (:func:`learning_rates`), the dev loss and WER of the checkpoints' weights (named the moving
-    average when every run keeps one), and the dev WER over the second half of the runs."""
+    (:func:`learning_rates`, with the ``max_step`` and ``warmup`` of ``settings``, the recorded
+    settings), the dev loss and WER of the checkpoints' weights (named the moving average when
+    every run keeps one), and the dev WER over the second half of the runs."""
     weights = " (moving average)" if _moving_average_everywhere(selected) else ""
     return [runner.Panel("learning_rate", "learning rate", "Learning rate (the schedule)",
                          values=learning_rates(selected, settings["max_step"], settings["warmup"])),
@@ -44,14 +46,14 @@ def learning_rates(selected: list[Recipe], max_step: int, warmup: int) -> dict[s
     """The learning rate of each training recipe of ``selected`` as training computes it from
     its ``params`` (:func:`onmt_trainkit.config.learning_rate_schedule`), ``{"step": rate}`` at
     every warmup step and at 400 evenly spaced steps to ``max_step``."""
-    from onmt_trainkit import config, schedules  # TensorFlow: imported for the picture only
+    with warnings.catch_warnings():  # TensorFlow, for the picture only; tensorflow-addons' notice aside
+        warnings.simplefilter("ignore")
+        from onmt_trainkit import config, schedules
 
     steps = np.unique(np.concatenate([np.arange(warmup + 1), np.linspace(0, max_step, 401).round()])).astype(int)
     curves = {}
-    for recipe in {r.training: r for r in selected}.values():
-        schedule = config.learning_rate_schedule(recipe.params, max_step=max_step)
-        rates = (schedules.evaluate(schedule, steps) if schedule is not None
-                 else np.full(len(steps), float(recipe.params["learning_rate"])))
+    for recipe in {r.training: r for r in selected}.values():  # every recipe warms up: each has a schedule
+        rates = schedules.evaluate(config.learning_rate_schedule(recipe.params, max_step=max_step), steps)
         curves[recipe.training] = {str(step): float(rate) for step, rate in zip(steps, rates)}
     return curves
 
@@ -100,7 +102,7 @@ class Settings(runner.Settings):
 BUDGETS: dict[str, dict] = {
     "full": {},
     "quick": dict(max_step=150, seeds=(1,), max_train=3000, dev_size=100, test_size=100, warmup=30,
-                  ema=0.99, eval_every=75, checkpoints=6, average=3),
+                  ema=0.99, eval_every=75, checkpoints=5, average=3),
     "peak": dict(max_step=2400, seeds=(1,), warmup=200, eval_every=400, checkpoints=6, curve_every=2,
                  scored="dev", peaks=(1e-3, 2e-3, 4e-3)),
 }
@@ -126,8 +128,7 @@ def chosen_peak(results: dict) -> float:
         missing += [key for key in keys if key not in results["scores"]]
         wers[peak] = sum(results["scores"].get(key, {}).get("wer", 0.0) for key in keys) / len(keys)
     if missing or not wers:
-        raise ValueError(f"the peak search has no dev score for {', '.join(missing) or 'any peak'}: "
-                         "run it first (--budget peak)")
+        raise ValueError(f"the peak search has no dev score for {', '.join(missing) or 'any peak'}")
     return min(wers, key=wers.get)
 
 
@@ -420,7 +421,7 @@ def overview(results: dict, selected: list[Recipe]) -> str:
              f"{settings['max_step']:,}), in points, by seed", "",
              "| schedule | seeds | " + " | ".join(headers) + " | dev WER, last fifth |",
              "|---" * (len(headers) + 3) + "|"]
-    all_seeds = sorted({score["seed"] for score in results["scores"].values()})
+    all_seeds = sorted({score["seed"] for score in results["scores"].values()} | set(settings.get("seeds", ())))
     for schedule in schedules:
         cells = []
         for suffix in _MODELS:

@@ -32,10 +32,11 @@ def read_lexicon(path: str) -> Lexicon:
 
     Words are lower-cased (``cmudict-0.7b`` writes them in capitals); words with another
     character than ``a-z ' . -`` are left out, and so is a pronunciation listed twice for the
-    same word.
+    same word. Bytes that are not UTF-8 (``cmudict-0.7b`` has a few Latin-1 words) are read as
+    U+FFFD, so their words are left out too.
     """
     lexicon: Lexicon = {}
-    with open(path, encoding="utf-8") as lines:
+    with open(path, encoding="utf-8", errors="replace") as lines:
         for line in lines:
             fields = line.split("#", 1)[0].split()
             if len(fields) < 2:

@@ -190,7 +190,8 @@ def only_user(work_dir: str) -> Iterator[None]:
 def report_conflict(results_dir: str, results: dict) -> str | None:
     """Why a report of ``results`` should not be written into ``results_dir``: its
     ``results.json`` records runs or scores that ``results`` lacks, or results of other
-    settings, or cannot be read; ``None`` when it may (no such file included)."""
+    settings or other data (when both record theirs), or cannot be read; ``None`` when it may
+    (no such file included)."""
     path = os.path.join(results_dir, "results.json")
     try:
         with open(path, encoding="utf-8") as saved:
@@ -202,6 +203,9 @@ def report_conflict(results_dir: str, results: dict) -> str | None:
     changed = changed_keys(_comparable(committed.get("settings", {})), _comparable(results.get("settings", {})))
     if changed:
         return f"{path} holds results of other settings ({', '.join(changed)} differ)"
+    if "data" in committed and "data" in results and committed["data"] != results["data"]:
+        changed = changed_keys(committed["data"], results["data"])
+        return f"{path} holds results of other data ({', '.join(changed)} differ)"
     missing = [key for kind in ("runs", "scores") for key in sorted(committed.get(kind, {}))
                if key not in results.get(kind, {})]
     if missing:
@@ -421,6 +425,20 @@ class Experiment:
             self.results["settings"] = current
         self.onmt_main = os.path.join(os.path.dirname(sys.executable), "onmt-main")
 
+    def check_data(self, splits: dict[str, list]) -> dict:
+        """The record of ``splits`` (:func:`data_record`), checked against the one that
+        ``results.json`` holds (a work directory of a version that kept none is not checked).
+
+        Raises:
+          OtherData: when they differ.
+        """
+        data = data_record(splits)
+        if self.results.get("data", data) != data:
+            changed = ", ".join(changed_keys(self.results["data"], data))
+            raise OtherData(f"{self.results_path} holds results of other data ({changed} differ); give another "
+                            "--work_dir, or remove it to start again")
+        return data
+
     def prepare_data(self, splits: dict[str, list]) -> dict[str, str]:
         """Writes the data files into the work directory; returns their paths by name."""
         raise NotImplementedError
@@ -615,19 +633,16 @@ class Experiment:
 
         Raises:
           WorkDirInUse: when another experiment runs in the work directory.
-          OtherData: when ``results.json`` records other data than ``splits`` (:func:`data_record`).
+          OtherData: when ``results.json`` records other data than ``splits`` (:meth:`check_data`).
         """
         with only_user(self.work_dir):
             self._run(splits, selected, on_task_done)
 
     def _run(self, splits: dict[str, list], selected: list[Recipe],
              on_task_done: Callable[[dict], None] | None) -> None:
-        data = data_record(splits)
-        if self.results.get("data", data) != data:
-            changed = ", ".join(changed_keys(self.results["data"], data))
-            raise OtherData(f"{self.results_path} holds results of other data ({changed} differ); give another "
-                            "--work_dir, or remove it to start again")
-        self.record("data", None, data)
+        data = self.check_data(splits)
+        if "data" not in self.results:
+            self.record("data", None, data)
         paths = self.prepare_data(splits)
         work = chains(self.settings.seeds, selected)
         total = sum(len(chain) for _, chain in work)

@@ -62,6 +62,14 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
         "holds results of other settings (max_step differ); give another --work_dir, or remove it to start again")
     assert len(changed.stderr.strip().splitlines()) == 1
     assert (tmp_path / "work" / "results.json").read_bytes() == before
+    # So is other data (a test sentence changed): one line, before anything is written.
+    sentences = (corpus_dir / "test.src").read_text().splitlines()
+    (corpus_dir / "test.src").write_text("\n".join(["changed " + sentences[0], *sentences[1:]]) + "\n")
+    other = tool("experiment.py", *args, check=False)
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr == (f"experiment: error: {tmp_path / 'work' / 'results.json'} holds results of other data "
+                            "(sha256 differ); give another --work_dir, or remove it to start again\n")
+    assert (tmp_path / "work" / "results.json").read_bytes() == before
 
 
 def test_a_running_command_reports_progress_and_a_failure_names_its_log(tmp_path):
@@ -138,7 +146,10 @@ def test_stop_terminates_the_running_commands_and_starts_no_other(tmp_path):
     assert not (tmp_path / "logs" / "after.log").exists()
 
 
-def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file):
+@pytest.mark.parametrize("hangup", ["stops", "ignored"])
+def test_sigterm_and_sighup_stop_the_experiment_and_its_training_runs(tmp_path, model_file, hangup):
+    # A closed terminal (SIGHUP) stops it as SIGTERM does; under nohup (SIGHUP ignored from the
+    # start) it goes on, and SIGTERM stops it.
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
     for split in ("train", "dev", "test"):
@@ -148,8 +159,10 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
     command = [sys.executable, os.path.join(ROOT, "tools", "experiment.py"), "--corpus", str(corpus_dir),
                "--budget", "quick", "--max_step", "100000", "--vocab_size", "10", "--model", model_file,
                "--recipes", "constant,warmup_linear", "--work_dir", work_dir]
+    nohup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if hangup == "ignored" else None
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore"))
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore"),
+                               preexec_fn=nohup)
     training = None
     for _ in range(600):
         training = _onmt_main_naming(work_dir)
@@ -157,7 +170,11 @@ def test_sigterm_stops_the_experiment_and_its_training_runs(tmp_path, model_file
             break
         time.sleep(0.1)
     assert training is not None, process.communicate()[0]
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGHUP)
+    if hangup == "ignored":
+        time.sleep(2)
+        assert process.poll() is None and not _gone(training, seconds=0)
+        process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 130, output
     assert "stopped; finished runs and scores are kept: run the same command again to resume" in output

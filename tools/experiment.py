@@ -4,6 +4,9 @@
     python tools/experiment.py --task g2p                 # CMUdict grapheme-to-phoneme, the full table
     python tools/experiment.py --task g2p --budget peak   # short runs that choose the peak learning rate on dev
     python tools/experiment.py --task g2p --budget quick  # a few minutes, to try the pipeline
+    python tools/experiment.py --task g2p --budget peak --corpus FILE  # another dictionary: its peak,
+    python tools/experiment.py --task g2p --corpus FILE                # then its table
+    python tools/experiment.py --task g2p --peak 1e-3 --work_dir run/g2p-1e-3  # the table at another peak
     python tools/experiment.py                      # German-English example sentences (Ding), about an hour
     python tools/experiment.py --budget quick       # a few minutes, to try the pipeline
     python tools/experiment.py --budget long        # three times the updates, about 4 hours
@@ -30,7 +33,7 @@ sys.path.insert(0, ROOT)
 from experiments import g2p, translation  # noqa: E402
 from experiments.g2p_data import cmudict_path, read_lexicon  # noqa: E402
 from experiments.runner import (  # noqa: E402
-    Experiment, OtherData, Recipe, Settings, WorkDirInUse, only_user, report_conflict)
+    Experiment, OtherData, Recipe, Settings, WorkDirInUse, changed_keys, data_record, only_user, report_conflict)
 
 DEFAULT_BUDGET = {"translation": "hour", "g2p": "full"}
 # The committed tables, by task and budget; rewritten only by the settings that made them.
@@ -39,9 +42,13 @@ PUBLISHED = {("translation", "hour"): "de-en", ("translation", "long"): "de-en-l
 
 
 def _log(message: str) -> None:
-    # One write per line: runs side by side log from their threads at once.
-    sys.stdout.write(time.strftime("%H:%M:%S ") + message + "\n")
-    sys.stdout.flush()
+    """Prints ``message`` with the time, in one write (runs side by side log from their threads
+    at once); a terminal gone (hung up) loses it rather than stopping the experiment."""
+    try:
+        sys.stdout.write(time.strftime("%H:%M:%S ") + message + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass
 
 
 def _count(number: int, noun: str) -> str:
@@ -115,16 +122,30 @@ def _lexicon_splits(path: str | None, settings: g2p.Settings) -> dict[str, list]
         _fail(f"--corpus {path}: {error}")
 
 
-def _searched_peak(path: str, search: str) -> float:
-    """The peak that the peak search whose results are in ``path`` chose; ``search`` is the
-    command that runs that search."""
+def _searched_peak(path: str, search: str, data: dict) -> float:
+    """The peak that the peak search whose results are in ``path`` chose, on the data of the
+    record ``data`` (:func:`experiments.runner.data_record`; a search recorded without it is
+    taken as is); ``search`` is the command that runs that search."""
     try:
         with open(path, encoding="utf-8") as saved:
-            return g2p.chosen_peak(json.load(saved))
+            results = json.load(saved)
+        if results.get("data", data) != data:
+            raise ValueError(f"a search on other data ({', '.join(changed_keys(results['data'], data))} differ)")
+        return g2p.chosen_peak(results)
     except FileNotFoundError:
         _fail(f"{path} not found: run the peak search first ({search}) or give --peak")
     except ValueError as error:
-        _fail(f"{path}: {error}; or give --peak")
+        _fail(f"{path}: {error}: run the peak search ({search}) or give --peak")
+
+
+def _check_directory(flag: str, path: str) -> None:
+    """Refuses ``path`` if it, or the closest of its parents that exists, is not a directory."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        _fail(f"{flag} {path}: " + ("not a directory" if existing == os.path.abspath(path)
+                                    else f"{existing} is not a directory"))
 
 
 def _positive(text: str) -> int:
@@ -217,8 +238,8 @@ def main() -> int:
     if args.model is not None and not os.path.isfile(args.model):
         _fail(f"--model {args.model}: not a file (expected a model file, as onmt-main --model takes)")
     for flag, path in (("--work_dir", args.work_dir), ("--results_dir", args.results_dir)):
-        if path is not None and os.path.exists(path) and not os.path.isdir(path):
-            _fail(f"{flag} {path}: not a directory")
+        if path is not None:
+            _check_directory(flag, path)
     if args.peak is not None and args.task == "g2p" and budget == "peak":
         tried = ", ".join(f"{peak:g}" for peak in task.BUDGETS["peak"]["peaks"])
         _fail(f"--peak {args.peak:g}: --budget peak tries its own peaks ({tried}); --peak is for the other budgets")
@@ -232,12 +253,20 @@ def main() -> int:
         if settings.max_step < least:
             _fail(f"--max_step {settings.max_step}: --task g2p --budget {budget} warms up over {settings.warmup} "
                   f"updates and decays over the last fifth of the run; give {least} or more")
+    if args.task == "g2p":
+        splits = _lexicon_splits(args.corpus, settings)
+        unit = "words"
+    elif args.corpus:
+        splits, unit = _corpus(args.corpus, settings, quick=budget == "quick"), "pairs"
+    else:
+        splits, unit = translation.split_corpus(_ding(args.ding or translation.DING), settings), "pairs"
+    data = data_record(splits)
     corpus_name = os.path.splitext(os.path.basename(os.path.normpath(args.corpus)))[0] if args.corpus else None
     if args.task == "g2p" and budget == "full" and args.peak is None:
         search = os.path.join(ROOT, "run", f"g2p-peak-{corpus_name}", "results", "results.json") if args.corpus \
             else g2p.PEAK_SEARCH
         command = "--budget peak" + (f" --corpus {args.corpus}" if args.corpus else "")
-        settings = dataclasses.replace(settings, peak=_searched_peak(search, command))
+        settings = dataclasses.replace(settings, peak=_searched_peak(search, command, data))
     all_recipes = _recipes(args.task, settings)
     selected = all_recipes
     if args.recipes is not None:
@@ -272,26 +301,23 @@ def main() -> int:
     try:
         runner: Experiment = task.Experiment(work_dir, settings, log=_log, jobs=args.jobs,
                                              progress_every=args.progress_every)
+        runner.check_data(splits)
     except ValueError as error:
         _fail(str(error))
-    conflict = report_conflict(results_dir, runner.results) if published and not args.results_dir else None
+    conflict = None
+    if published and not args.results_dir:
+        conflict = report_conflict(results_dir, {**runner.results, "data": data})
     if conflict:
         _log(f"{conflict}: the report goes to {os.path.join(work_dir, 'results')} instead "
              f"(--results_dir {os.path.relpath(results_dir)} writes there anyway)")
         results_dir = os.path.join(work_dir, "results")
-    if args.task == "g2p":
-        splits = _lexicon_splits(args.corpus, settings)
-        unit = "words"
-    elif args.corpus:
-        splits, unit = _corpus(args.corpus, settings, quick=budget == "quick"), "pairs"
-    else:
-        splits, unit = translation.split_corpus(_ding(args.ding or translation.DING), settings), "pairs"
     _log(f"{len(splits['train'])} train, {len(splits['dev'])} dev, {len(splits['test'])} test {unit}; "
          f"{_count(len(selected), 'recipe')} x {_count(len(settings.seeds), 'seed')}, "
          f"{settings.max_step} updates each")
 
     signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: the run outlives its terminal
+        signal.signal(signal.SIGHUP, _interrupt)
     try:
         runner.run(splits, selected, on_task_done=lambda results: task.write_report(
             results, all_recipes, results_dir))

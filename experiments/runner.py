@@ -158,6 +158,12 @@ def data_record(splits: dict[str, list]) -> dict:
             **{f"{split}_size": len(entries) for split, entries in sorted(splits.items())}}
 
 
+def data_changes(results: dict, data: dict) -> list[str]:
+    """The keys of the record ``data`` (:func:`data_record`) that differ from the one that
+    ``results`` holds; none when it holds none (a version that kept no record wrote it)."""
+    return changed_keys(results["data"], data) if "data" in results else []
+
+
 @contextlib.contextmanager
 def only_user(work_dir: str) -> Iterator[None]:
     """Holds an exclusive lock on ``work_dir`` (its ``.lock`` file, which names the holding
@@ -203,8 +209,8 @@ def report_conflict(results_dir: str, results: dict) -> str | None:
     changed = changed_keys(_comparable(committed.get("settings", {})), _comparable(results.get("settings", {})))
     if changed:
         return f"{path} holds results of other settings ({', '.join(changed)} differ)"
-    if "data" in committed and "data" in results and committed["data"] != results["data"]:
-        changed = changed_keys(committed["data"], results["data"])
+    changed = data_changes(committed, results["data"]) if "data" in results else []
+    if changed:
         return f"{path} holds results of other data ({', '.join(changed)} differ)"
     missing = [key for kind in ("runs", "scores") for key in sorted(committed.get(kind, {}))
                if key not in results.get(kind, {})]
@@ -425,19 +431,17 @@ class Experiment:
             self.results["settings"] = current
         self.onmt_main = os.path.join(os.path.dirname(sys.executable), "onmt-main")
 
-    def check_data(self, splits: dict[str, list]) -> dict:
-        """The record of ``splits`` (:func:`data_record`), checked against the one that
+    def check_data(self, data: dict) -> None:
+        """Checks the record of the data (:func:`data_record`) against the one that
         ``results.json`` holds (a work directory of a version that kept none is not checked).
 
         Raises:
           OtherData: when they differ.
         """
-        data = data_record(splits)
-        if self.results.get("data", data) != data:
-            changed = ", ".join(changed_keys(self.results["data"], data))
-            raise OtherData(f"{self.results_path} holds results of other data ({changed} differ); give another "
-                            "--work_dir, or remove it to start again")
-        return data
+        changed = data_changes(self.results, data)
+        if changed:
+            raise OtherData(f"{self.results_path} holds results of other data ({', '.join(changed)} differ); give "
+                            "another --work_dir, or remove it to start again")
 
     def prepare_data(self, splits: dict[str, list]) -> dict[str, str]:
         """Writes the data files into the work directory; returns their paths by name."""
@@ -640,7 +644,8 @@ class Experiment:
 
     def _run(self, splits: dict[str, list], selected: list[Recipe],
              on_task_done: Callable[[dict], None] | None) -> None:
-        data = self.check_data(splits)
+        data = data_record(splits)
+        self.check_data(data)
         if "data" not in self.results:
             self.record("data", None, data)
         paths = self.prepare_data(splits)

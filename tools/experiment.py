@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 from experiments import g2p, translation  # noqa: E402
 from experiments.g2p_data import cmudict_path, read_lexicon  # noqa: E402
 from experiments.runner import (  # noqa: E402
-    Experiment, OtherData, Recipe, Settings, WorkDirInUse, changed_keys, data_record, only_user, report_conflict)
+    Experiment, OtherData, Recipe, Settings, WorkDirInUse, data_changes, data_record, only_user, report_conflict)
 
 DEFAULT_BUDGET = {"translation": "hour", "g2p": "full"}
 # The committed tables, by task and budget; rewritten only by the settings that made them.
@@ -129,8 +129,9 @@ def _searched_peak(path: str, search: str, data: dict) -> float:
     try:
         with open(path, encoding="utf-8") as saved:
             results = json.load(saved)
-        if results.get("data", data) != data:
-            raise ValueError(f"a search on other data ({', '.join(changed_keys(results['data'], data))} differ)")
+        changed = data_changes(results, data)
+        if changed:
+            raise ValueError(f"a search on other data ({', '.join(changed)} differ)")
         return g2p.chosen_peak(results)
     except FileNotFoundError:
         _fail(f"{path} not found: run the peak search first ({search}) or give --peak")
@@ -301,7 +302,7 @@ def main() -> int:
     try:
         runner: Experiment = task.Experiment(work_dir, settings, log=_log, jobs=args.jobs,
                                              progress_every=args.progress_every)
-        runner.check_data(splits)
+        runner.check_data(data)
     except ValueError as error:
         _fail(str(error))
     conflict = None

@@ -15,7 +15,7 @@ DEMO_DIR ?= run/demo
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,experiment]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test,experiment]'
 	touch $(STAMP)
 
 # Without build isolation, Horovod's build sees the venv's TensorFlow (so does the editable
@@ -23,7 +23,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 $(DISTRIBUTED_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet 'setuptools>=64' wheel
 	@echo "Installing Horovod: it compiles for 8 to 17 minutes the first time on this machine"
-	$(HOROVOD_BUILD) $(BIN)/python -m pip install --quiet --no-build-isolation -e '.[distributed]'
+	$(HOROVOD_BUILD) $(BIN)/python -m pip install --quiet --no-build-isolation -e '.[cpu,distributed]'
 	$(BIN)/python -c "import horovod.tensorflow"
 	touch $(DISTRIBUTED_STAMP)
 

@@ -36,7 +36,7 @@ TINY_MODEL = textwrap.dedent(
 def run(command: list[str], cwd: str | None = None, check: bool = True, **variables: str) -> subprocess.CompletedProcess:
     """Runs a command with ``variables`` added to the environment; returns it with stdout and
     stderr as text."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore", **variables)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore", **variables}
     process = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     if check and process.returncode != 0:
         raise AssertionError(

@@ -63,14 +63,6 @@ def test_onmt_main_run_as_a_module_does_not_warn():
     assert process.stdout.strip() == f"OpenNMT-tf {opennmt.__version__}"
 
 
-def test_other_opennmt_versions_are_refused():
-    integration.check_version("2.32.0")
-    with pytest.raises(RuntimeError, match=r"onmt-trainkit supports OpenNMT-tf 2\.32\.x only, but "
-                                           r"OpenNMT-tf 2\.31\.0 is installed: install opennmt-tf==2\.32\.0, "
-                                           r"or set ONMT_TRAINKIT=0 to run stock OpenNMT-tf"):
-        integration.check_version("2.31.0")
-
-
 def test_activation_waits_for_opennmt_and_averaging_needs_no_tensorflow():
     code = (
         "import sys, onmt_trainkit.averaging\n"

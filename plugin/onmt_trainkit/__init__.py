@@ -14,8 +14,11 @@ activation off for the commands that see it: neither the start-up hook nor ``imp
 onmt_trainkit`` in a model file activates the plugin, and OpenNMT-tf runs stock. An explicit
 :func:`activate` call still activates it.
 
-Activating twice is harmless; :func:`deactivate` restores stock OpenNMT-tf. Activation refuses
-any OpenNMT-tf outside the 2.32 series. Modules that do not need OpenNMT-tf (such as
+Activating twice is harmless; :func:`deactivate` restores stock OpenNMT-tf. The plugin is
+built for OpenNMT-tf 2.32 only, and checks the version before it imports or patches anything of
+OpenNMT-tf's: with another version, automatic activation leaves OpenNMT-tf stock and warns once
+(:class:`UnsupportedVersionWarning`), ``onmt-main`` exits with status 2 and one line on standard
+error, and an explicit :func:`activate` raises :class:`UnsupportedVersionError`. Modules that do not need OpenNMT-tf (such as
 :mod:`onmt_trainkit.averaging`) can be used without importing TensorFlow.
 """
 
@@ -25,10 +28,13 @@ import sys
 # Python imports this module at start-up (the hook): it imports nothing that ``site`` has not
 # imported already (not even ``__future__`` or ``types``), so that the hook costs next to nothing.
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 OPENNMT_VERSION = "2.32."
 """The OpenNMT-tf release series the plugin is built for."""
+
+_MAIN_MODULE = "opennmt.bin.main"
+"""The module whose ``main`` is ``onmt-main``."""
 
 ENVIRONMENT_VARIABLE = "ONMT_TRAINKIT"
 """Set to ``0`` (or ``false``, ``no``, ``off``) to keep the plugin off: stock OpenNMT-tf."""
@@ -41,11 +47,72 @@ def enabled() -> bool:
     return os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() not in _OFF
 
 
+class UnsupportedVersionError(RuntimeError):
+    """The installed OpenNMT-tf is not the version the plugin is built for."""
+
+
+class UnsupportedVersionWarning(UserWarning):
+    """Automatic activation found another OpenNMT-tf version and left OpenNMT-tf stock."""
+
+
+def version_message(version: str) -> str | None:
+    """Returns why the plugin cannot run with OpenNMT-tf ``version``, or ``None`` if it can."""
+    if version.startswith(OPENNMT_VERSION):
+        return None
+    return (
+        f"onmt-trainkit {__version__} supports OpenNMT-tf {OPENNMT_VERSION}x only, but OpenNMT-tf "
+        f"{version} is installed: install opennmt-tf==2.32.0, or set ONMT_TRAINKIT=0 to run stock "
+        "OpenNMT-tf (pip uninstall onmt-trainkit removes the plugin)"
+    )
+
+
+def _installed_version() -> str:
+    """The version of the imported ``opennmt`` package (imports it if needed)."""
+    import opennmt
+
+    return str(getattr(opennmt, "__version__", "unknown"))
+
+
 def activate() -> None:
-    """Activates the plugin in OpenNMT-tf (imports it); does nothing if already active."""
+    """Activates the plugin in OpenNMT-tf (imports it); does nothing if already active.
+
+    Raises:
+      UnsupportedVersionError: if OpenNMT-tf is not of the 2.32 series; nothing is patched.
+    """
+    message = version_message(_installed_version())
+    if message is not None:
+        raise UnsupportedVersionError(message)
     from onmt_trainkit import integration
 
     integration.activate()
+
+
+def _activate_automatically() -> None:
+    """Activates the plugin, or, with another OpenNMT-tf version, leaves OpenNMT-tf stock: a
+    warning for code that imports it, and ``onmt-main`` refused (:func:`_refuse_main`)."""
+    message = version_message(_installed_version())
+    if message is None:
+        activate()
+        return
+    if os.path.basename(getattr(sys, "argv", None) and sys.argv[0] or "") != "onmt-main":
+        import warnings  # onmt-main says it in its error line instead
+
+        warnings.warn(message, UnsupportedVersionWarning, stacklevel=2)
+    if _MAIN_MODULE in sys.modules:
+        _refuse_main(sys.modules[_MAIN_MODULE], message)
+    else:
+        _RefuseMainOnImport.message = message
+        _RefuseMainOnImport.install()
+
+
+def _refuse_main(module: object, message: str) -> None:
+    """Replaces ``onmt-main``'s ``main`` by one that exits with status 2 and ``message``."""
+
+    def refused_main() -> None:
+        sys.stderr.write(f"onmt-main: error: {message}\n")
+        sys.exit(2)
+
+    module.main = refused_main
 
 
 def deactivate() -> None:
@@ -86,7 +153,7 @@ class _ActivateOnImport:
             cls._pending = True
             return
         cls.uninstall()
-        activate()
+        _activate_automatically()
 
     def find_spec(self, name: str, path: object = None, target: object = None):
         if name != "opennmt" and not name.startswith(__name__ + "."):
@@ -136,8 +203,33 @@ def _spec_executing_with(finder: object, name: str, path: object, target: object
     return spec
 
 
+class _RefuseMainOnImport:
+    """An import hook that refuses ``onmt-main`` (:func:`_refuse_main`) once
+    ``opennmt.bin.main`` is imported, when OpenNMT-tf is of another version."""
+
+    message = ""
+
+    @classmethod
+    def install(cls) -> None:
+        if not any(isinstance(finder, cls) for finder in sys.meta_path):
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(self, name: str, path: object = None, target: object = None):
+        if name != _MAIN_MODULE:
+            return None
+
+        def wrap(execute):
+            def exec_module(module: object) -> None:
+                execute(module)
+                _refuse_main(module, type(self).message)
+
+            return exec_module
+
+        return _spec_executing_with(self, name, path, target, wrap)
+
+
 if enabled():
     if "opennmt" in sys.modules:
-        activate()
+        _activate_automatically()
     else:
         _ActivateOnImport.install()

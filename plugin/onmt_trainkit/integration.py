@@ -48,7 +48,7 @@ from opennmt import training
 from opennmt.schedules import lr_schedules
 from opennmt.utils import checkpoint as checkpoint_util
 
-from onmt_trainkit import OPENNMT_VERSION, _spec_executing_with, averaging, config, output, schedules, summary
+from onmt_trainkit import _spec_executing_with, averaging, config, output, schedules, summary
 from onmt_trainkit import weight_decay
 from onmt_trainkit import moving_average
 from onmt_trainkit import moving_average_layout as layout
@@ -70,24 +70,14 @@ _schedule_from_auto_config = contextvars.ContextVar("schedule_from_auto_config",
 _replaced_schedules: dict[str, Any] = {}
 
 
-def check_version(version: str = opennmt.__version__) -> None:
-    """Raises an error if OpenNMT-tf ``version`` is not the one the plugin was built for."""
-    if not version.startswith(OPENNMT_VERSION):
-        raise RuntimeError(
-            f"onmt-trainkit supports OpenNMT-tf {OPENNMT_VERSION}x only, but OpenNMT-tf "
-            f"{version} is installed: install opennmt-tf==2.32.0, or set ONMT_TRAINKIT=0 to run "
-            "stock OpenNMT-tf (pip uninstall onmt-trainkit removes the plugin)"
-        )
-
-
 def is_active() -> bool:
     """Returns ``True`` while the plugin is active."""
     return bool(_originals)
 
 
 def activate() -> None:
-    """Activates the plugin; activating an active plugin does nothing."""
-    check_version()
+    """Activates the plugin; activating an active plugin does nothing. The OpenNMT-tf version
+    is checked by :func:`onmt_trainkit.activate`, before this module is imported."""
     if is_active():
         return
     _replace(opennmt.models.Model, "get_optimizer", _get_optimizer)

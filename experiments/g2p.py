@@ -451,7 +451,7 @@ def table(results: dict, selected: list[Recipe]) -> str:
             "warmup updates. sd: the sample standard deviation over the seeds (n - 1). The dev loss (`onmt-main "
             "train --with_eval`) and the dev WER (decoded here) are those of the checkpoints' weights"
             + (", the moving average" if _moving_average_everywhere(selected) else "")
-            + ". README.md (Grapheme-to-phoneme conversion on CMUdict) tells how it runs.\n\n")
+            + ". experiments/README.md (Grapheme-to-phoneme conversion on CMUdict) tells how it runs.\n\n")
     text += overview(results, selected) + runner.markdown_table(
         summary(results, selected), [(f"{scored} WER %", "wer", 2), (f"{scored} PER %", "per", 2)])
     seconds = [run["training_seconds"] for run in results["runs"].values() if "training_seconds" in run]

@@ -549,8 +549,8 @@ def test_the_readme_leads_with_the_committed_table():
     settings = g2p.Settings(**{**results["settings"], "seeds": tuple(results["settings"]["seeds"]),
                                "peaks": tuple(results["settings"]["peaks"])})
     expected = [line for line in g2p.overview(results, g2p.recipes(settings)).splitlines() if line.startswith("|")]
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
+    with open(os.path.join(ROOT, "experiments", "README.md"), encoding="utf-8") as readme:
         lines = readme.read().splitlines()
-    assert expected[0] in lines, "README.md has no G2P table headed as results.md's"
+    assert expected[0] in lines, "experiments/README.md has no G2P table headed as results.md's"
     start = lines.index(expected[0])
     assert lines[start:start + len(expected)] == expected

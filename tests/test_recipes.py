@@ -58,7 +58,7 @@ def recipe_runs(tmp_path_factory, corpus, model_file):
     broken = write_yaml(root / "broken_bert.yml", BROKEN_BERT)
     jobs = [[name, paths] for name, paths in {**RUNS, "broken_bert": [broken]}.items()]
     overrides = {"model_dir": str(root) + "/", "data": data_config(corpus),
-                 "train": {"batch_size": 8, "batch_type": "examples", "single_pass": True,
+                 "train": {"max_step": 100000, "batch_size": 8, "batch_type": "examples", "single_pass": True,
                            "save_checkpoints_steps": 1000, "keep_checkpoint_max": 2}}
     script = root / "train_all.py"
     script.write_text(TRAIN_ALL)

@@ -177,9 +177,33 @@ def test_warmup_stable_decay_hand_computed():
     assert float(cosine(8)) == pytest.approx(0.5)  # p = 1/2
 
 
+@pytest.mark.parametrize("total,fraction,decay", [
+    (96000, 0.2, 19200), (10, 0.25, 3), (10, 0.35, 4), (10, 0.01, 1), (7, 1.0, 7), (1, 0.5, 1),
+])
+def test_warmup_stable_decay_fraction_is_the_share_of_total_steps(total, fraction, decay):
+    # D = max(1, floor(f T + 1/2)), by hand: 0.25 * 10 = 2.5 -> 3, 0.35 * 10 = 3.5 -> 4, 0.1 -> 1.
+    by_fraction = schedules.WarmupStableDecay(1.0, total_steps=total, decay_fraction=fraction, decay_shape="linear")
+    assert by_fraction.decay_steps == decay
+    steps = sorted({0, total - decay - 1, total - decay, total - decay + 1, total - 1, total, total + 1})
+    np.testing.assert_allclose(values(by_fraction, steps),
+                               ref.stable_decay(steps, 1.0, total, decay, "linear"), rtol=RTOL, atol=1e-7)
+
+
+def test_warmup_stable_decay_fraction_round_trips_as_a_fraction():
+    schedule = schedules.WarmupStableDecay(1e-3, total_steps=500, decay_fraction=0.2)
+    assert schedule.get_config() == {"learning_rate": 1e-3, "total_steps": 500, "decay_fraction": 0.2,
+                                     "decay_shape": "1-sqrt", "end_learning_rate": 0.0}
+    assert schedules.WarmupStableDecay.from_config(schedule.get_config()).decay_steps == 100
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
+        (dict(total_steps=10), r"^decay_steps or decay_fraction is required by WarmupStableDecay"),
+        (dict(total_steps=10, decay_steps=2, decay_fraction=0.2),
+         r"^decay_steps \(2\) and decay_fraction \(0.2\) are both set; give one"),
+        (dict(total_steps=10, decay_fraction=0), r"^decay_fraction must be a number > 0 and <= 1, got 0$"),
+        (dict(total_steps=10, decay_fraction=1.5), r"^decay_fraction must be a number > 0 and <= 1, got 1.5$"),
         (dict(total_steps=0, decay_steps=1), "total_steps must be an integer > 0, got 0"),
         (dict(total_steps=10, decay_steps=11), "decay_steps must be an integer > 0 and <= 10, got 11"),
         (dict(total_steps=10, decay_steps=2, decay_shape="sqrt"), "did you mean '1-sqrt'"),

@@ -143,7 +143,9 @@ def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", nargs="+", action="append", required=True, metavar="YML",
                         help="Configuration files, merged as onmt-main does; repeat to overlay curves.")
-    parser.add_argument("--max_step", type=int, help="Last step to plot (default: train.max_step).")
+    parser.add_argument("--max_step", type=int,
+                        help="Last step to plot (default: train.max_step); where the files set no "
+                             "train.max_step (a recipe alone), also the run's length.")
     parser.add_argument("--output", help="Picture to write (.png, .svg, .pdf).")
     parser.add_argument("--csv", help="CSV to write: a step column and one column per curve.")
     parser.add_argument("--weight_decay", action="store_true",

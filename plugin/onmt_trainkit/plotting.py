@@ -96,7 +96,8 @@ def curve_from_files(paths: Sequence[str], max_step: int | None = None) -> Curve
 
     Args:
       paths: YAML files, merged in order.
-      max_step: The last step; defaults to ``train.max_step``.
+      max_step: The last step; defaults to ``train.max_step``. Without ``train.max_step``
+        (a recipe alone), also the run's length where a schedule length is ``max_step``.
 
     Raises:
       ConfigError: for a configuration that training would refuse too.
@@ -107,7 +108,8 @@ def curve_from_files(paths: Sequence[str], max_step: int | None = None) -> Curve
     last = max_step if max_step is not None else train_max_step
     if last is None:
         raise ConfigError(f"{' '.join(paths)}: train.max_step is not set; give --max_step")
-    schedule = config_lib.learning_rate_schedule(params, max_step=train_max_step)
+    run_length = train_max_step if train_max_step is not None else last
+    schedule = config_lib.learning_rate_schedule(params, max_step=run_length)
     steps = np.arange(int(last) + 1)
     if schedule is None:
         values = np.full(steps.shape, float(params["learning_rate"]))

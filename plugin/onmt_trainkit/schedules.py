@@ -14,7 +14,7 @@ import numpy as np
 import opennmt
 import tensorflow as tf
 
-from onmt_trainkit.errors import check_number, unknown_name
+from onmt_trainkit.errors import ConfigError, check_number, unknown_name
 
 _Schedule = tf.keras.optimizers.schedules.LearningRateSchedule
 _register = tf.keras.utils.register_keras_serializable(package="onmt_trainkit")
@@ -102,7 +102,8 @@ class WarmupStableDecay(_Schedule):
     r"""Warmup-stable-decay ("trapezoidal"): constant, then a final decay.
 
     The warmup in front of it is the wrapper's (``params.warmup_steps``). With
-    :math:`T` = ``total_steps``, :math:`D` = ``decay_steps``, the peak :math:`\eta`,
+    :math:`T` = ``total_steps``, :math:`D` = ``decay_steps`` (or, given ``decay_fraction``
+    :math:`f`, :math:`D = \max(1, \lfloor f T + 1/2 \rfloor)`), the peak :math:`\eta`,
     the end value :math:`\eta_e` and :math:`p = \min(\max(s - (T - D), 0) / D, 1)`:
 
     .. math::
@@ -121,18 +122,21 @@ class WarmupStableDecay(_Schedule):
         self,
         learning_rate: float,
         total_steps: int,
-        decay_steps: int,
+        decay_steps: int | None = None,
         decay_shape: str = "1-sqrt",
         end_learning_rate: float = 0.0,
+        decay_fraction: float | None = None,
     ):
         """Initializes the schedule.
 
         Args:
           learning_rate: The stable (peak) learning rate, > 0.
           total_steps: The schedule's length T (after the wrapper's warmup), > 0.
-          decay_steps: The length D of the final decay, 0 < D <= T.
+          decay_steps: The length D of the final decay, 0 < D <= T; or give ``decay_fraction``.
           decay_shape: ``linear``, ``cosine`` or ``1-sqrt``.
           end_learning_rate: The value reached at the end, 0 <= value <= learning_rate.
+          decay_fraction: The final decay as a fraction f of T, 0 < f <= 1, instead of
+            ``decay_steps``: right for any length (``total_steps: max_step``).
         """
         self.learning_rate = check_number(
             "learning_rate", learning_rate, minimum=0, min_inclusive=False
@@ -140,10 +144,27 @@ class WarmupStableDecay(_Schedule):
         self.total_steps = check_number(
             "total_steps", total_steps, minimum=0, min_inclusive=False, integer=True
         )
-        self.decay_steps = check_number(
-            "decay_steps", decay_steps, minimum=0, min_inclusive=False,
-            maximum=total_steps, integer=True,
-        )
+        if decay_steps is not None and decay_fraction is not None:
+            raise ConfigError(
+                f"decay_steps ({decay_steps!r}) and decay_fraction ({decay_fraction!r}) "
+                "are both set; give one (decay_fraction: the decay's share of total_steps)"
+            )
+        if decay_fraction is not None:
+            self.decay_fraction = check_number(
+                "decay_fraction", decay_fraction, minimum=0, min_inclusive=False, maximum=1
+            )
+            self.decay_steps = max(1, math.floor(self.decay_fraction * self.total_steps + 0.5))
+        elif decay_steps is not None:
+            self.decay_fraction = None
+            self.decay_steps = check_number(
+                "decay_steps", decay_steps, minimum=0, min_inclusive=False,
+                maximum=total_steps, integer=True,
+            )
+        else:
+            raise ConfigError(
+                "decay_steps or decay_fraction is required by WarmupStableDecay "
+                "(the length of the final decay, in steps or as a share of total_steps)"
+            )
         if decay_shape not in DECAY_SHAPES:
             raise unknown_name("decay_shape", decay_shape, DECAY_SHAPES)
         self.decay_shape = decay_shape
@@ -165,10 +186,15 @@ class WarmupStableDecay(_Schedule):
         return end + (self.learning_rate - end) * factor
 
     def get_config(self) -> dict[str, Any]:
+        length = (
+            {"decay_steps": self.decay_steps}
+            if self.decay_fraction is None
+            else {"decay_fraction": self.decay_fraction}
+        )
         return {
             "learning_rate": self.learning_rate,
             "total_steps": self.total_steps,
-            "decay_steps": self.decay_steps,
+            **length,
             "decay_shape": self.decay_shape,
             "end_learning_rate": self.end_learning_rate,
         }

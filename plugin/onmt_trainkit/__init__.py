@@ -18,8 +18,9 @@ Activating twice is harmless; :func:`deactivate` restores stock OpenNMT-tf. The 
 built for OpenNMT-tf 2.32 only, and checks the version before it imports or patches anything of
 OpenNMT-tf's: with another version, automatic activation leaves OpenNMT-tf stock and warns once
 (:class:`UnsupportedVersionWarning`), ``onmt-main`` exits with status 2 and one line on standard
-error, and an explicit :func:`activate` raises :class:`UnsupportedVersionError`. Modules that do not need OpenNMT-tf (such as
-:mod:`onmt_trainkit.averaging`) can be used without importing TensorFlow.
+error, and an explicit :func:`activate` raises :class:`UnsupportedVersionError`. Modules that
+do not need OpenNMT-tf (such as :mod:`onmt_trainkit.averaging`) can be used without importing
+TensorFlow.
 """
 
 import os

@@ -1,19 +1,7 @@
 """Validation of the YAML keys the plugin reads, and the schedule they describe.
 
-The ``params`` keys, stock OpenNMT-tf first:
-
-=========================  ===============================================================
-``learning_rate``          the base rate, or the first argument of the schedule (> 0)
-``decay_type``             a schedule name: Keras's, OpenNMT-tf's or this package's
-``decay_params``           the schedule's arguments; a length may be ``max_step``
-``start_decay_steps``      hold the schedule at S(0) for this many steps (>= 0)
-``decay_step_duration``    training steps per schedule step (>= 1)
-``minimum_learning_rate``  the floor after the warmup (>= 0)
-``warmup_steps``           new: linear warmup length W in front of any schedule (>= 0)
-``warmup_learning_rate``   new: the rate at step 0 of the warmup (>= 0)
-``weight_decay``           new: lambda of the decay ``w -= lr(s) * lambda * w`` (>= 0)
-``weight_decay_exclude``   new: regular expressions of the weights it leaves out
-=========================  ===============================================================
+The keys, their bounds and what they mean are listed once, in :data:`onmt_trainkit.keys.PLUGIN_KEYS`
+(the source of ``docs/configuration.md``).
 """
 
 from __future__ import annotations
@@ -29,7 +17,7 @@ import tensorflow as tf
 from opennmt.optimizers.utils import get_optimizer_class
 from tensorflow_addons.optimizers import DecoupledWeightDecayExtension
 
-from onmt_trainkit import schedules
+from onmt_trainkit import keys, schedules
 from onmt_trainkit.errors import ConfigError, check_number, invalid, unknown_name
 from onmt_trainkit.moving_average import check_decays
 from onmt_trainkit.weight_decay import DEFAULT_EXCLUDE, WeightDecay
@@ -174,7 +162,7 @@ def _remaining_steps(
             f"decay_params.{key} is 'max_step' but train.max_step is not set; "
             "set train.max_step or give a number of steps"
         )
-    max_step = check_number("train.max_step", max_step, minimum=0, min_inclusive=False, integer=True)
+    max_step = _check({"max_step": max_step}, "train.max_step")
     start = params.get("start_decay_steps", 0)
     duration = params.get("decay_step_duration", 1)
     remaining = (max_step - warmup_steps - start) // duration
@@ -220,18 +208,26 @@ def _schedule_arguments(
     return args
 
 
+_SCHEDULE_KEYS = (
+    "learning_rate", "start_decay_steps", "decay_step_duration", "minimum_learning_rate", "warmup_steps",
+    "warmup_learning_rate",
+)
+"""The ``params`` keys of the schedule, checked with their bounds in :data:`keys.PLUGIN_KEYS`."""
+
+
+def _check(section: Mapping[str, Any], path: str) -> Any:
+    """Checks the number at ``path`` of :data:`keys.PLUGIN_KEYS` in ``section`` (its bounds);
+    returns it (an integral float as ``int``), or ``None`` when it is not set."""
+    key = keys.plugin_key(path)
+    value = section.get(key.name)
+    return None if value is None else check_number(key.path, value, **key.bounds)
+
+
 def _check_params(params: dict[str, Any]) -> None:
     """Checks the ``params`` keys of the schedule; stores integral floats as ``int``."""
-    for key, bounds in (
-        ("learning_rate", _non_negative),
-        ("start_decay_steps", dict(minimum=0, integer=True)),
-        ("decay_step_duration", dict(minimum=1, integer=True)),
-        ("minimum_learning_rate", _non_negative),
-        ("warmup_steps", dict(minimum=0, integer=True)),
-        ("warmup_learning_rate", _non_negative),
-    ):
-        if params.get(key) is not None:
-            params[key] = check_number(f"params.{key}", params[key], **bounds)
+    for name in _SCHEDULE_KEYS:
+        if params.get(name) is not None:
+            params[name] = _check(params, f"params.{name}")
 
 
 def learning_rate_schedule(
@@ -414,13 +410,9 @@ def moving_average_settings(train: Mapping[str, Any]) -> MovingAverageSettings |
       ConfigError: naming the key, the value and what is allowed.
     """
     train = _as_dict("train", train or {})
-    start_step = train.get("moving_average_start_step")
-    every = train.get("moving_average_every")
+    start_step = _check(train, "train.moving_average_start_step")
+    every = _check(train, "train.moving_average_every")
     eval_all = train.get("moving_average_eval_all")
-    if start_step is not None:
-        start_step = check_number("train.moving_average_start_step", start_step, minimum=0, integer=True)
-    if every is not None:
-        every = check_number("train.moving_average_every", every, minimum=1, integer=True)
     if eval_all is not None and not isinstance(eval_all, bool):
         raise invalid("train.moving_average_eval_all", eval_all, "true or false")
     if train.get("moving_average_decay") is None:
@@ -555,7 +547,7 @@ def weight_decay(params: Mapping[str, Any]) -> WeightDecay | None:
                 "reads optimizer_params.exclude_from_weight_decay)"
             )
     else:
-        check_number("params.weight_decay", scaled, minimum=0)
+        _check(params, "params.weight_decay")
         if "exclude_from_weight_decay" in optimizer_params:
             raise ConfigError(
                 "optimizer_params.exclude_from_weight_decay is set with params.weight_decay; "

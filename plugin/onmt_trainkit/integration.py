@@ -10,8 +10,9 @@
 - ``opennmt.Runner._init_model``: records ``train.max_step`` on the model for the above, and
   the ``train`` section for the moving average's keys;
 - ``opennmt.utils.checkpoint.Checkpoint.restore``: records which checkpoint was restored;
-- ``opennmt.Runner._finalize_config``: for training, opens the log with what the plugin does in
-  the run (:mod:`onmt_trainkit.summary`), checking the schedule before anything is built;
+- ``opennmt.Runner._finalize_config``: warns of each key that nothing reads (:mod:`onmt_trainkit.keys`);
+  for training, opens the log with what the plugin does in the run (:mod:`onmt_trainkit.summary`),
+  checking the schedule before anything is built;
 - ``opennmt.runner._auto_tune_batch_size``: the batch-size trials get the run's schedule lengths
   (a length ``max_step`` resolved against the real ``train.max_step``, not the trials' 5 steps);
 - the schedule registry entries ``NoamDecay`` (ours), ``WarmupStableDecay`` and ``Constant``;
@@ -49,7 +50,7 @@ from opennmt.schedules import lr_schedules
 from opennmt.utils import checkpoint as checkpoint_util
 
 from onmt_trainkit import _spec_executing_with, averaging, config, output, schedules, summary
-from onmt_trainkit import weight_decay
+from onmt_trainkit import keys, weight_decay
 from onmt_trainkit import moving_average
 from onmt_trainkit import moving_average_layout as layout
 from onmt_trainkit.errors import ConfigError, one_line
@@ -63,6 +64,7 @@ that cannot be resumed, an averaging request (``onmt-main average_checkpoints``)
 _MAX_STEP_ATTRIBUTE = "_onmt_trainkit_max_step"
 _TRAIN_ATTRIBUTE = "_onmt_trainkit_train"
 _RESTORED_ATTRIBUTE = "_onmt_trainkit_restored"
+_CHECKED_KEYS_ATTRIBUTE = "_onmt_trainkit_checked_keys"
 _CHECKPOINT_KEY = layout.ROOT
 
 _originals: dict[tuple[Any, str], Any] = {}
@@ -194,12 +196,24 @@ def _from_auto_config(runner: opennmt.Runner) -> bool:
     return bool(runner._auto_config) and "decay_type" not in (runner._config.get("params") or {})
 
 
+def _warn_unknown_keys(runner: opennmt.Runner) -> None:
+    """Warns, once per runner, of each key of the user's configuration that neither OpenNMT-tf
+    nor the plugin reads (OpenNMT-tf ignores them silently)."""
+    if getattr(runner, _CHECKED_KEYS_ATTRIBUTE, False):
+        return
+    setattr(runner, _CHECKED_KEYS_ATTRIBUTE, True)
+    for unknown in keys.unknown_keys(runner._config):
+        tf.get_logger().warning("onmt-trainkit: %s", unknown.message())
+
+
 def _finalize_config(
     runner: opennmt.Runner, training: bool = False, num_replicas: int = 1, num_devices: int = 1
 ) -> dict:
-    """For training, logs what the plugin does around OpenNMT-tf's parameters (first the
-    banner, then the features once the configuration is final), checking the schedule."""
+    """Warns of unknown keys (:func:`_warn_unknown_keys`); for training, logs what the plugin
+    does around OpenNMT-tf's parameters (first the banner, then the features once the
+    configuration is final), checking the schedule."""
     original = _original(opennmt.Runner, "_finalize_config")
+    _warn_unknown_keys(runner)
     if not training:
         return original(runner, training=training, num_replicas=num_replicas, num_devices=num_devices)
     logger = tf.get_logger()

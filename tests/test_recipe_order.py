@@ -54,17 +54,31 @@ def test_recipes_set_no_run_length():
 
 
 def test_data_then_recipe_then_the_users_file(tmp_path, corpus, model_file):
-    user = write_yaml(tmp_path / "user.yml", {"params": {"warmup_steps": WARMUP}, "train": {"max_step": MAX_STEP}})
-    onmt_main("--model", model_file, "--config", _data(tmp_path, corpus), RECIPE, user, "--seed", "1", "train")
+    # The user's file also misspells a key of the plugin's and one of OpenNMT-tf's: each is named
+    # in one warning line, and the run goes on without them.
+    user = write_yaml(tmp_path / "user.yml", {
+        "params": {"warmup_steps": WARMUP},
+        "train": {"max_step": MAX_STEP, "moving_average_evry": 2, "save_checkpoint_steps": 10},
+    })
+    process = onmt_main("--model", model_file, "--config", _data(tmp_path, corpus), RECIPE, user, "--seed", "1",
+                        "train")
     _check_run(str(tmp_path / "run"))
+    warnings = [line.split("] ", 1)[-1] for line in process.stderr.splitlines() if "unknown key" in line]
+    assert warnings == [
+        "onmt-trainkit: unknown key train.moving_average_evry (did you mean moving_average_every?): neither "
+        "OpenNMT-tf 2.32 nor onmt-trainkit reads it",
+        "onmt-trainkit: unknown key train.save_checkpoint_steps (did you mean save_checkpoints_steps?): neither "
+        "OpenNMT-tf 2.32 nor onmt-trainkit reads it",
+    ]
 
 
 def test_the_users_length_before_the_recipe(tmp_path, corpus, model_file):
     # max_step in the data file, before the recipe: the recipe has none to replace it with.
     user = write_yaml(tmp_path / "user.yml", {"params": {"warmup_steps": WARMUP}})
     data = _data(tmp_path, corpus, max_step=MAX_STEP)
-    onmt_main("--model", model_file, "--config", data, RECIPE, user, "--seed", "1", "train")
+    process = onmt_main("--model", model_file, "--config", data, RECIPE, user, "--seed", "1", "train")
     _check_run(str(tmp_path / "run"))
+    assert "unknown key" not in process.stderr
 
 
 def test_the_recipe_last_keeps_the_users_length(tmp_path, corpus, model_file):

@@ -182,6 +182,14 @@ def known_keys(section: str) -> frozenset[str]:
     return OPENNMT_KEYS[section] | plugin
 
 
+def _candidates(section: str) -> frozenset[str]:
+    """The names a typo in ``section`` is compared with."""
+    if section != "data":
+        return known_keys(section)
+    prefixed = {f"{side}_{name}" for side in ("source", "target") for name in INPUTTER_KEYS}
+    return known_keys(section) | prefixed | set(INPUTTER_KEYS)
+
+
 def is_known(section: str, name: str) -> bool:
     """Whether OpenNMT-tf 2.32 or the plugin reads key ``name`` of ``section``."""
     if name in known_keys(section):
@@ -201,8 +209,15 @@ class UnknownKey:
         return f"unknown key {self.path}{hint}: neither OpenNMT-tf 2.32 nor onmt-trainkit reads it"
 
 
-def _closest(name: str, candidates: frozenset[str]) -> str | None:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+def _closest(name: str, section: str | None) -> str | None:
+    """The known key closest to ``name`` in ``section`` (the top level for ``None``), or the
+    same key in another section (``train.moving_average_decay`` written under ``params``)."""
+    if section is not None:
+        elsewhere = [other for other in SECTIONS if other != section and is_known(other, name)]
+        if elsewhere:
+            return f"{elsewhere[0]}.{name}"
+    candidates = TOP_LEVEL if section is None else _candidates(section)
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
     return close[0] if close else None
 
 
@@ -210,14 +225,14 @@ def unknown_keys(config: Mapping[str, Any]) -> Iterator[UnknownKey]:
     """Yields the keys of ``config`` (top level and sections) that nothing reads, in order."""
     for name in config:
         if name not in TOP_LEVEL:
-            yield UnknownKey(str(name), _closest(str(name), TOP_LEVEL))
+            yield UnknownKey(str(name), _closest(str(name), None))
     for section in SECTIONS:
         values = config.get(section)
         if not isinstance(values, Mapping):
             continue
         for name in values:
             if not is_known(section, str(name)):
-                yield UnknownKey(f"{section}.{name}", _closest(str(name), known_keys(section)))
+                yield UnknownKey(f"{section}.{name}", _closest(str(name), section))
 
 
 def _value(value: Any) -> str:

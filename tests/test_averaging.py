@@ -224,7 +224,7 @@ def refuse(args, message, watch):
     assert process.returncode == 2, process.stderr
     lines = process.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in process.stderr, process.stderr
-    assert lines[0].startswith("average_checkpoints: error: ")
+    assert lines[0].startswith("onmt-trainkit-average: error: ")
     assert message in lines[0], lines[0]
     assert process.stdout == ""
     for directory in watch:

@@ -346,13 +346,13 @@ def test_tool_refuses_empty_paths_and_names_an_unwritable_output(run, tmp_path, 
         with pytest.raises(SystemExit) as status:
             average_checkpoints_main(args)
         assert status.value.code == 2
-        assert capsys.readouterr().err == f"average_checkpoints: error: {message}\n"
+        assert capsys.readouterr().err == f"onmt-trainkit-average: error: {message}\n"
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(SystemExit) as status:
         average_checkpoints_main(["--model_dir", model_dir, "--output_dir", str(tmp_path / "file" / "sub" / "avg")])
     assert status.value.code == 2
     assert capsys.readouterr().err == (
-        f"average_checkpoints: error: cannot write output directory {tmp_path / 'file' / 'sub' / 'avg'}: "
+        f"onmt-trainkit-average: error: cannot write output directory {tmp_path / 'file' / 'sub' / 'avg'}: "
         "Not a directory\n")
     assert average_checkpoints_main(["--model_dir", model_dir, "--output_dir", str(tmp_path / "one"),
                                      "--max_count", "1"]) == 0

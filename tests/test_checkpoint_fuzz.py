@@ -110,7 +110,7 @@ def test_corrupted_model_directories(pristine, tmp_path):
         if status == 2:
             refused += 1
             lines = err.splitlines()
-            if not (len(lines) == 1 and lines[0].startswith("average_checkpoints: error: ") and out == ""
+            if not (len(lines) == 1 and lines[0].startswith("onmt-trainkit-average: error: ") and out == ""
                     and not output.exists() and not leftovers):
                 failures.append(f"case {case} ({damage}): exit 2 but {err!r} {out!r} {leftovers}")
         elif status == 0:

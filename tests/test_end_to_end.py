@@ -100,7 +100,7 @@ def test_plot_tool_overlays_curves_and_refuses_bad_configs(trained, tmp_path):
         process = tool("plot_schedule.py", *args, "--csv", str(tmp_path / "x.csv"),
                        "--output", str(tmp_path / "x.png"), check=False)
         assert process.returncode == 2
-        assert process.stderr.strip().splitlines() == [f"plot_schedule: error: {process.stderr.strip()[len('plot_schedule: error: '):]}"]
+        assert process.stderr.strip().splitlines() == [f"onmt-trainkit-plot: error: {process.stderr.strip()[len('onmt-trainkit-plot: error: '):]}"]
         assert message in process.stderr
         assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.png").exists()
 

@@ -124,7 +124,7 @@ def test_tool_refuses_remote_problems_in_one_line(ram, tmp_path, capsys, case):
     assert exit_status.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err.startswith(f"average_checkpoints: error: {expected}"), captured.err
+    assert captured.err.startswith(f"onmt-trainkit-average: error: {expected}"), captured.err
     if case == "unknown scheme":
         assert "s3:// and hdfs:// need pip install tensorflow-io)" in captured.err
     assert sorted(gfile.listdir(ram)) == ["run"] and not os.listdir(tmp_path)

@@ -505,7 +505,7 @@ def test_plot_tool_refuses_both_keys_and_writes_nothing(tmp_path):
     process = tool("plot_schedule.py", "--config", both, "--max_step", "10", "--csv", str(tmp_path / "x.csv"),
                    "--output", str(tmp_path / "x.png"), check=False)
     assert process.returncode == 2
-    assert process.stderr.startswith("plot_schedule: error: params.weight_decay (0.01) and "
+    assert process.stderr.startswith("onmt-trainkit-plot: error: params.weight_decay (0.01) and "
                                      "optimizer_params.weight_decay (0.01) are both set; keep one")
     assert len(process.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.png").exists()

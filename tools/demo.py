@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import NoReturn
 
 import toy_corpus  # tools/toy_corpus.py, beside this script
 import yaml
@@ -30,14 +31,52 @@ def _run(command: list[str], log_path: str) -> None:
         sys.exit(f"command failed (exit {process.returncode}); see {log_path}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="run/demo", help="Where everything goes.")
-    parser.add_argument("--max_step", type=int, default=1500, help="Training steps.")
-    args = parser.parse_args()
-    out = os.path.abspath(args.output_dir)
-    if os.path.exists(out):
+MARKER = ".onmt-trainkit-demo"
+"""The file that marks an output directory as the demo's own, which a later demo replaces."""
+
+
+def _refuse(message: str) -> NoReturn:
+    sys.stderr.write(f"demo.py: error: {message}\n")
+    sys.exit(2)
+
+
+def _prepare(out: str, force: bool) -> None:
+    """Empties ``out`` if the demo made it (or ``force``); refuses a non-empty directory of
+    anything else, and a file."""
+    if os.path.isfile(out):
+        _refuse(f"--output_dir {out} is a file; give a directory")
+    if os.path.isdir(out) and os.listdir(out):
+        if not force and not os.path.exists(os.path.join(out, MARKER)):
+            _refuse(f"--output_dir {out} is not empty and was not made by the demo; give another directory, or "
+                    "--force to replace everything in it")
         shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, MARKER), "w", encoding="utf-8").close()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _refuse(message)
+
+
+def main() -> int:
+    parser = _Parser(
+        prog="demo.py", description=__doc__.splitlines()[0],
+        epilog="examples:\n  make demo\n  python tools/demo.py --output_dir run/demo2 --max_step 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="run/demo",
+                        help="Where everything goes (default: run/demo). An existing directory is replaced only "
+                             "if an earlier demo made it, or with --force.")
+    parser.add_argument("--max_step", type=int, default=1500, help="Training steps (default: 1500).")
+    parser.add_argument("--force", action="store_true", help="Replace a non-empty --output_dir that the demo "
+                                                             "did not make.")
+    args = parser.parse_args()
+    if args.max_step < 10:
+        _refuse(f"--max_step must be an integer >= 10, got {args.max_step}")
+    out = os.path.abspath(args.output_dir)
+    _prepare(out, args.force)
     data = toy_corpus.write_corpus(os.path.join(out, "data"), num_train=5000, num_test=100)
     model_dir = os.path.join(out, "model")
     config = {

@@ -15,6 +15,24 @@ from collections.abc import Sequence
 from onmt_trainkit.errors import one_line
 
 
+AVERAGE_EXAMPLES = """examples:
+  # the last 5 checkpoints' model weights (the moving average, with train.moving_average_decay)
+  onmt-trainkit-average --model_dir run/model --output_dir run/model/avg5 --max_count 5
+  # the raw (training) weights of the last checkpoint
+  onmt-trainkit-average --model_dir run/model --output_dir run/model/raw --weights raw --max_count 1
+  # the 3 checkpoints with the lowest dev loss (onmt-main train --with_eval)
+  onmt-trainkit-average --model_dir run/model --output_dir run/model/best3 --best 3 --metric loss
+then: onmt-main --config data.yml --model_dir run/model/avg5 infer --features_file test.src"""
+
+PLOT_EXAMPLES = """examples:
+  # a recipe over 100,000 steps (recipes set no train.max_step)
+  onmt-trainkit-plot --config configs/warmup_cosine.yml --max_step 100000 --output lr.png
+  # your run's configuration, files in onmt-main's order; the values as CSV too
+  onmt-trainkit-plot --config data.yml configs/warmup_cosine.yml run.yml --output lr.png --csv lr.csv
+  # two curves overlaid, with the weight decay below
+  onmt-trainkit-plot --config a.yml --config b.yml --max_step 60000 --output ab.png --weight_decay"""
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit status 2."""
 
@@ -43,11 +61,12 @@ def _human(size: float) -> str:
 
 def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
     """``onmt-trainkit-average`` / ``tools/average_checkpoints.py``."""
-    from onmt_trainkit import averaging, storage
-
     parser = _Parser(
-        prog="average_checkpoints",
-        description="Average the checkpoints of an OpenNMT-tf model directory into a new one.",
+        prog="onmt-trainkit-average",
+        description="Average the checkpoints of an OpenNMT-tf model directory into a new one "
+                    "(also python tools/average_checkpoints.py in a checkout).",
+        epilog=AVERAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model_dir", help="Model directory whose checkpoints to average.")
     parser.add_argument("--output_dir", required=True, help="Directory to create with the average.")
@@ -79,6 +98,8 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
                              "average_checkpoints does; a checkpoint of the same step or model_description.py "
                              "there is replaced only if the directory holds nothing but averages.")
     args = parser.parse_args(argv)
+    from onmt_trainkit import averaging, storage  # after --help: they import numpy
+
     if args.model_dir is None and args.checkpoints is None:
         parser.error("give --model_dir or --checkpoints")
     for option, value in (("--model_dir", args.model_dir), ("--output_dir", args.output_dir),
@@ -138,8 +159,11 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
 def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
     """``onmt-trainkit-plot`` / ``tools/plot_schedule.py``."""
     parser = _Parser(
-        prog="plot_schedule",
-        description="Plot the learning rate that onmt-main train would use, step by step.",
+        prog="onmt-trainkit-plot",
+        description="Plot the learning rate that onmt-main train would use, step by step "
+                    "(also python tools/plot_schedule.py in a checkout).",
+        epilog=PLOT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", nargs="+", action="append", required=True, metavar="YML",
                         help="Configuration files, merged as onmt-main does; repeat to overlay curves.")

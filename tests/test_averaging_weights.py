@@ -300,8 +300,8 @@ def test_checkpoints_of_onmt_trainkit_0_1_0(tmp_path):
     os.makedirs(tmp_path / "old")
     prefix = tf.train.Checkpoint(model=model, moving_average=state).write(str(tmp_path / "old" / "ckpt-4"))
     refuse(["--checkpoints", prefix, "--output_dir", str(tmp_path / "out"), "--weights", "raw"],
-           f"checkpoint {prefix}: weights raw: the checkpoint keeps its moving average as onmt-trainkit 0.1.0 "
-           "did (training weights by position, decay not recorded): only 'ema' (its model weights) can be read",
+           f"checkpoint {prefix}: weights raw: the checkpoint keeps its moving average as onmt-trainkit did before 0.2.0 "
+           "(training weights by position, decay not recorded): only 'ema' (its model weights) can be read",
            [str(tmp_path)])
     tool("average_checkpoints.py", "--checkpoints", prefix, "--output_dir", str(tmp_path / "out"))
     reader = tf.train.load_checkpoint(str(tmp_path / "out"))

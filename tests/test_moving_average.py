@@ -383,7 +383,7 @@ def test_a_shape_mismatch_is_refused_naming_the_variable(tmp_path):
 
 
 class OldState(tf.Module):
-    """The state as onmt-trainkit 0.1.0 (commit f7cd75b) saved it: by position."""
+    """The state as onmt-trainkit saved it before 0.2.0 (commit f7cd75b): by position."""
 
     def __init__(self, weights, num_updates):
         super().__init__(name="moving_average")
@@ -404,13 +404,13 @@ def test_old_layout_is_restored_by_position(tmp_path):
     restored_model = Model()
     _, restored, report = restore_into(restored_model, path, decay=(0.5, 0.2))
     assert report.num_updates == {0.5: 4} and report.new_decays == [0.2]
-    assert "written by position (onmt-trainkit 0.1.0)" in report.lines()[0]
+    assert "written by position (before onmt-trainkit 0.2.0)" in report.lines()[0]
     for variable, expected in zip(restored_model.trainable, model.trainable):
         np.testing.assert_array_equal(variable.numpy(), expected.numpy())
     for ours, expected in zip(restored.average(), average.average()):
         np.testing.assert_array_equal(ours.numpy(), expected.numpy())
     with pytest.raises(StateMismatchError, match="keeps the training weights of 3 trainable variables by position "
-                                                 r"\(onmt-trainkit 0.1.0's layout\) but the model has 2"):
+                                                 r"\(the layout before onmt-trainkit 0.2.0\) but the model has 2"):
         restore_into(Model(frozen=True), path)
     with pytest.raises(layout.LayoutError, match="only 'ema' \\(its model weights\\) can be read"):
         layout.weight_names(names, "raw")

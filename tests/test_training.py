@@ -1,7 +1,7 @@
 """The moving averages in real ``onmt-main`` training: two decays with a start step and a
 period against numpy, evaluation of each average, exact resume, resume with the moving
 average turned off or from another checkpoint, by-name restore after ``freeze_layers``
-changed, onmt-trainkit 0.1.0's checkpoints (MirroredStrategy: tests/test_mirrored.py).
+changed, checkpoints written before onmt-trainkit 0.2.0 (MirroredStrategy: tests/test_mirrored.py).
 
 Besides a run really stopped and resumed, the resuming runs start from a copy of the
 checkpoints that the uninterrupted run wrote up to their step (:func:`experiments.runner.copy_checkpoints`),
@@ -150,7 +150,7 @@ def test_resumed_run_equals_an_uninterrupted_one(runs, tmp_path, corpus, model_f
 
 
 def test_onmt_trainkit_0_1_checkpoint_resumes_exactly(runs, tmp_path, corpus, model_file):
-    """A checkpoint with the state by position, as onmt-trainkit 0.1.0 wrote it (one average,
+    """A checkpoint with the state by position, as onmt-trainkit wrote it before 0.2.0 (one average,
     in model/), made from the run's checkpoint 5: the resumed run ends as the run that went
     on; the second decay, which it does not hold, starts at its next update (step 7)."""
     stopped = tmp_path / "old"
@@ -177,11 +177,11 @@ def test_onmt_trainkit_0_1_checkpoint_resumes_exactly(runs, tmp_path, corpus, mo
                         params={"freeze_layers": ["encoder/layers/0"]}, **EMA)
     refused = onmt_main("--model", model_file, "--config", frozen, "--seed", "2", "train", check=False)
     assert_refused(refused, "ckpt-5 keeps the training weights of 50 trainable variables by position "
-                            "(onmt-trainkit 0.1.0's layout) but the model has ")
+                            "(the layout before onmt-trainkit 0.2.0) but the model has ")
     assert tf.train.latest_checkpoint(str(stopped)) == prefix
     process = train(model_file, run_config(tmp_path, corpus, "old", max_step=STEPS, **EMA))
     assert re.search(r"Moving average: restored the training weights and the averages \(decay 0.45: 2 updates\) "
-                     r"from \S*old/ckpt-5, written by position \(onmt-trainkit 0.1.0\)", process.stderr)
+                     r"from \S*old/ckpt-5, written by position \(before onmt-trainkit 0.2.0\)", process.stderr)
     assert "holds no average of decay 0.25: it starts from the weights at its next update" in process.stderr
     whole, resumed = all_tensors(str(runs.ema / "ckpt-8")), all_tensors(str(stopped / "ckpt-8"))
     assert set(whole) == set(resumed)

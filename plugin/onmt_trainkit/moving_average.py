@@ -129,7 +129,7 @@ def _old_weight_names(checkpoint: CheckpointTensors, trainable: Sequence[tf.Vari
     if count != len(trainable):
         raise StateMismatchError(
             f"{checkpoint.path} keeps the training weights of {count} trainable variables by position "
-            f"(onmt-trainkit 0.1.0's layout) but the model has {len(trainable)}: resume it once with the "
+            f"(the layout before onmt-trainkit 0.2.0) but the model has {len(trainable)}: resume it once with the "
             "model and params.freeze_layers it was trained with (its next checkpoints keep them by name)"
         )
     return [layout.old_weight_name(index) for index in range(count)]
@@ -150,7 +150,7 @@ def restore_training_weights(
     Args:
       checkpoint: The checkpoint, whose ``model/`` values the variables already hold.
       variables: The model's variables by checkpoint name (``model/...``).
-      trainable: The model's trainable variables, in order (for onmt-trainkit 0.1.0's layout).
+      trainable: The model's trainable variables, in order (for the layout before onmt-trainkit 0.2.0).
 
     Returns:
       The number of variables assigned.
@@ -465,7 +465,7 @@ class MovingAverage:
         of a variable is ``moving_average/<decay>/<name>``, or ``<name>`` itself for the
         decay the checkpoint swapped into the model; a decay the checkpoint does not hold,
         and a variable without a saved average, start from the current weights. In
-        onmt-trainkit 0.1.0's layout (one average, by position), the average in ``model/``
+        the layout before onmt-trainkit 0.2.0 (one average, by position), the average in ``model/``
         is taken as the first decay's.
 
         Raises:

@@ -26,7 +26,7 @@ every average are that one value. So, for each model variable ``model/<path>``:
   (d1's node holds no weights: they are in ``model/``).
 
 A checkpoint written without the moving average has no ``moving_average/`` name: its model
-weights are its training weights. A checkpoint written by onmt-trainkit 0.1.0 (one decay, state
+weights are its training weights. A checkpoint written before onmt-trainkit 0.2.0 (one decay, state
 by position) holds ``moving_average/weights/<N>`` (the training weights of the model's N-th
 trainable variable, by position) and ``moving_average/num_updates``; its decay is not recorded.
 """
@@ -52,10 +52,10 @@ _SLOT = "/.OPTIMIZER_SLOT/"
 _OLD_WEIGHTS = f"{ROOT}/weights/"
 
 OLD_NUM_UPDATES = f"{ROOT}/{NUM_UPDATES}{VALUE_SUFFIX}"
-"""The name of the number of updates in onmt-trainkit 0.1.0's layout."""
+"""The name of the number of updates in the layout before onmt-trainkit 0.2.0."""
 
 BY_NAME = "by name"
-BY_POSITION = "by position (onmt-trainkit 0.1.0)"
+BY_POSITION = "by position (before onmt-trainkit 0.2.0)"
 NONE = "none"
 
 
@@ -104,7 +104,7 @@ def num_updates_name(decay: float) -> str:
 
 def old_weight_name(index: int) -> str:
     """The name of the training weights of the ``index``-th trainable variable, onmt-trainkit
-    0.1.0's layout."""
+    the layout before 0.2.0."""
     return f"{_OLD_WEIGHTS}{index}{VALUE_SUFFIX}"
 
 
@@ -118,7 +118,7 @@ def layout(names: Collection[str]) -> str:
 
 
 def old_weight_count(names: Collection[str]) -> int:
-    """The number of training weights kept by position (onmt-trainkit 0.1.0's layout)."""
+    """The number of training weights kept by position (the layout before onmt-trainkit 0.2.0)."""
     return sum(1 for name in names if name.startswith(_OLD_WEIGHTS) and name.endswith(VALUE_SUFFIX))
 
 
@@ -199,7 +199,7 @@ def weight_names(names: Collection[str], weights: str = "ema") -> dict[str, str]
     found = layout(names)
     if found == BY_POSITION:
         raise LayoutError(
-            f"weights {weights}: the checkpoint keeps its moving average as onmt-trainkit 0.1.0 did "
+            f"weights {weights}: the checkpoint keeps its moving average as onmt-trainkit did before 0.2.0 "
             "(training weights by position, decay not recorded): only 'ema' (its model weights) can be "
             "read without the model; resume it once with the plugin to rewrite it by name"
         )

@@ -10,12 +10,12 @@ HOROVOD_BUILD := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_M
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 DEMO_DIR ?= run/demo
 
-.PHONY: demo test experiment experiment-quick bench clean
+.PHONY: demo test docs experiment experiment-quick bench clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test,experiment]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test,experiment,docs]'
 	touch $(STAMP)
 
 # Without build isolation, Horovod's build sees the venv's TensorFlow (so does the editable
@@ -35,7 +35,12 @@ demo: $(STAMP)
 # trained runs (module fixtures) on one worker.
 test: $(DISTRIBUTED_STAMP)
 	$(BIN)/ruff check .
+	$(MAKE) docs
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests
+
+# The documentation site in site/: warnings (a broken link or anchor) are errors.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 experiment: $(STAMP)
 	$(BIN)/python tools/experiment.py --jobs 2 $(ARGS)
@@ -49,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/side_by_side.py --steps 200
 
 clean:
-	rm -rf run .pytest_cache
+	rm -rf run site .pytest_cache

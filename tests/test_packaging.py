@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 import sysconfig
 import zipfile
+
+import pytest
 
 from conftest import ROOT, run
 
@@ -24,10 +27,70 @@ def python(*args: str, **env: str) -> subprocess.CompletedProcess:
     return process
 
 
-def test_wheel_installs_the_plugin_alone_with_its_start_up_hook(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> str:
+    """The wheel that ``pip wheel --no-deps .`` builds."""
+    dist = tmp_path_factory.mktemp("dist")
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(tmp_path / "dist"), ROOT])
-    (wheel,) = (tmp_path / "dist").iterdir()
+         "--wheel-dir", str(dist), ROOT])
+    (built,) = dist.iterdir()
+    return str(built)
+
+
+def _requirements(wheel: str) -> list[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    return [line[len("Requires-Dist: "):] for line in metadata.splitlines() if line.startswith("Requires-Dist: ")]
+
+
+def test_the_wheel_requires_tensorflow_only_through_its_extras(wheel):
+    tensorflow = [r for r in _requirements(wheel) if r.startswith(("tensorflow", "opennmt-tf"))]
+    assert "opennmt-tf==2.32.0" in tensorflow
+    for requirement in tensorflow:
+        if requirement.startswith("tensorflow"):
+            assert re.search(r'extra == "(cpu|gpu)"', requirement), requirement
+    assert any("tensorflow-cpu" in r and 'extra == "cpu"' in r for r in tensorflow)
+    assert any(r.startswith("tensorflow<") or r.startswith("tensorflow>") for r in tensorflow
+               if 'extra == "gpu"' in r)
+
+
+def _stand_in(site: str, name: str, version: str) -> None:
+    """An installed distribution as pip sees it: a ``.dist-info`` with its metadata."""
+    info = os.path.join(site, f"{name.replace('-', '_')}-{version}.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w", encoding="utf-8") as metadata:
+        metadata.write(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    for file, text in (("INSTALLER", "pip\n"), ("RECORD", "")):
+        with open(os.path.join(info, file), "w", encoding="utf-8") as output:
+            output.write(text)
+
+
+def _dry_run(environment, wheel: str, *requirements: str) -> subprocess.CompletedProcess:
+    """``pip install --dry-run`` of ``requirements`` into ``environment``, from nothing but the wheel."""
+    return run([sys.executable, "-m", "pip", "--python", str(environment / "bin" / "python"), "install", "--dry-run",
+                "--no-index", "--find-links", os.path.dirname(wheel), *requirements], check=False)
+
+
+def test_a_gpu_environment_keeps_its_tensorflow(tmp_path, wheel):
+    # An environment where tensorflow 2.13.1 (the GPU build's name) and the other requirements are
+    # installed: installing the wheel wants nothing more, so pip, given no index, succeeds.
+    environment = tmp_path / "gpu"
+    run([sys.executable, "-m", "venv", "--without-pip", str(environment)])
+    site = run([str(environment / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+               ).stdout.strip()
+    for name, version in (("tensorflow", "2.13.1"), ("opennmt-tf", "2.32.0"), ("numpy", "1.24.3"),
+                          ("PyYAML", "6.0.1"), ("crc32c", "2.4")):
+        _stand_in(site, name, version)
+    process = _dry_run(environment, wheel, wheel)
+    assert process.returncode == 0, process.stderr
+    assert "Would install onmt-trainkit-0.2.0" in process.stdout, process.stdout
+    assert "tensorflow" not in process.stdout.split("Would install", 1)[1].replace("onmt-trainkit", "")
+    # The control: the extra [cpu] asks for tensorflow-cpu, which no index offers here.
+    process = _dry_run(environment, wheel, f"onmt-trainkit[cpu] @ file://{wheel}")
+    assert process.returncode != 0 and "tensorflow-cpu" in process.stderr, process.stderr
+
+
+def test_wheel_installs_the_plugin_alone_with_its_start_up_hook(tmp_path, wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         assert archive.read(HOOK).decode() == "import onmt_trainkit\n"

@@ -1,7 +1,9 @@
 """Another OpenNMT-tf version: nothing of it is patched, ``onmt-main`` is refused in one line.
+No TensorFlow: ``onmt-main`` says which extra installs it, in one line.
 
 A stand-in ``opennmt`` package of version 2.33.0, first on ``PYTHONPATH``, takes the place of the
-installed OpenNMT-tf in subprocesses; its ``onmt-main`` prints a line when it runs.
+installed OpenNMT-tf in subprocesses; its ``onmt-main`` prints a line when it runs. A stand-in
+``tensorflow`` package that cannot be found takes the place of TensorFlow.
 """
 
 from __future__ import annotations
@@ -84,3 +86,28 @@ def test_explicit_activation_raises(stand_in):
 def test_the_supported_version_is_accepted():
     assert onmt_trainkit.version_message("2.32.0") is None
     assert onmt_trainkit.version_message("2.31.0").startswith("onmt-trainkit 0.2.0 supports OpenNMT-tf 2.32.x only")
+
+
+@pytest.fixture(scope="module")
+def without_tensorflow(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("no_tensorflow")
+    (root / "tensorflow").mkdir()
+    (root / "tensorflow" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tensorflow'\", name='tensorflow')\n")
+    return str(root)
+
+
+def test_onmt_main_without_tensorflow_names_the_extras(without_tensorflow):
+    process = _run(without_tensorflow, [os.path.join(BIN, "onmt-main"), "--model_type", "Transformer", "train"])
+    assert process.returncode == 2
+    assert process.stderr == f"onmt-main: error: {onmt_trainkit.NO_TENSORFLOW}\n"
+
+
+def test_import_opennmt_without_tensorflow_names_the_extras(without_tensorflow):
+    code = ("try:\n    import opennmt\nexcept ModuleNotFoundError as error:\n"
+            "    print(error.name, '|', error, '|', type(error.__cause__).__name__)\n")
+    process = _run(without_tensorflow, [sys.executable, "-c", code])
+    assert process.stdout.strip() == f"tensorflow | {onmt_trainkit.NO_TENSORFLOW} | ModuleNotFoundError"
+    # Stock (the plugin off): OpenNMT-tf's own error.
+    process = _run(without_tensorflow, [sys.executable, "-c", code], ONMT_TRAINKIT="0")
+    assert process.stdout.strip() == "tensorflow | No module named 'tensorflow' | NoneType"

@@ -95,7 +95,7 @@ def _activate_automatically() -> None:
     if message is None:
         activate()
         return
-    if os.path.basename(getattr(sys, "argv", None) and sys.argv[0] or "") != "onmt-main":
+    if not _running_onmt_main():
         import warnings  # onmt-main says it in its error line instead
 
         warnings.warn(message, UnsupportedVersionWarning, stacklevel=2)
@@ -104,6 +104,27 @@ def _activate_automatically() -> None:
     else:
         _RefuseMainOnImport.message = message
         _RefuseMainOnImport.install()
+
+
+NO_TENSORFLOW = (
+    "OpenNMT-tf needs TensorFlow 2.13, which is not installed: pip install 'onmt-trainkit[cpu]' (no GPU) or "
+    "'onmt-trainkit[gpu]' (a GPU with CUDA), or pip install tensorflow==2.13.*"
+)
+"""What importing OpenNMT-tf says when TensorFlow is missing (the plugin's extras install it)."""
+
+
+def _running_onmt_main() -> bool:
+    """Whether this process is the ``onmt-main`` command."""
+    return os.path.basename(getattr(sys, "argv", None) and sys.argv[0] or "") == "onmt-main"
+
+
+def _no_tensorflow(error: ModuleNotFoundError) -> None:
+    """Reports a missing TensorFlow: ``onmt-main`` exits with status 2 and one line; an import
+    in code raises ``ModuleNotFoundError`` with :data:`NO_TENSORFLOW`."""
+    if _running_onmt_main():
+        sys.stderr.write(f"onmt-main: error: {NO_TENSORFLOW}\n")
+        sys.exit(2)
+    raise ModuleNotFoundError(NO_TENSORFLOW, name=error.name) from error
 
 
 def _refuse_main(module: object, message: str) -> None:
@@ -165,7 +186,12 @@ class _ActivateOnImport:
             if name == "opennmt":
 
                 def exec_module(module: object) -> None:
-                    execute(module)
+                    try:
+                        execute(module)
+                    except ModuleNotFoundError as error:
+                        if (error.name or "").split(".")[0] != "tensorflow":
+                            raise
+                        _no_tensorflow(error)
                     owner._activate_when_ready()
 
             else:

@@ -336,7 +336,7 @@ class _MovingAverageTrainer:
             keys = [key for key in config.MOVING_AVERAGE_KEYS if train.get(key) is not None]
             if keys:
                 tf.get_logger().warning(
-                    "Moving average: train.%s has no effect without train.moving_average_decay", keys[0]
+                    f"Moving average: train.{keys[0]} has no effect without train.moving_average_decay"
                 )
         if self.is_master:
             self._start_moving_average(settings, evaluator)

@@ -167,11 +167,11 @@ def report(
     if patterns_given:
         for pattern, count in matches.items():
             if count == 0:
+                example = names[0] if names else ""
                 _log(
                     logging.WARNING,
-                    "params.weight_decay_exclude: the pattern %r matches no weight of the model, "
-                    "so it leaves nothing out (weights are named like %r)",
-                    pattern, names[0] if names else "",
+                    f"params.weight_decay_exclude: the pattern {pattern!r} matches no weight of the model, "
+                    f"so it leaves nothing out (weights are named like {example!r})",
                 )
 
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from conftest import TINY_MODEL, data_config, onmt_main, tool, write_yaml
 from onmt_trainkit import averaging, output
+from onmt_trainkit.moving_average import variable_names
 from test_averaging import VALUE, build, tree_digest, write_run
 
 # ---- onmt-main average_checkpoints into an existing directory ------------------------------
@@ -131,9 +132,9 @@ def test_onmt_main_into_a_previous_average(onmt_run, tmp_path):
     tf.train.Checkpoint(model=model, optimizer=optimizer).restore(
         str(output_dir / "ckpt-30")).assert_existing_objects_matched()
     expected = mean_of(onmt_run["model_dir"], [10, 20, 30])
-    for variable in model.trainable_variables:
-        name = next(n for n in expected if np.array_equal(expected[n], variable.numpy()))
-        assert name.startswith("model/")
+    names = variable_names(model)
+    for variable in model.trainable_variables:  # each variable holds its own name's average
+        np.testing.assert_array_equal(variable.numpy(), expected[names[variable.ref()] + VALUE], err_msg=variable.name)
     assert int(optimizer.iterations.numpy()) == 30
 
 

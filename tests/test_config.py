@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 import reference as ref
@@ -323,7 +324,13 @@ def test_a_second_warmup_in_front_of_an_optional_one(name, decay_params, remove)
     ],
 )
 def test_one_warmup_is_accepted(params):
-    assert config.learning_rate_schedule(params) is not None
+    # Accepted, with the wrapper's warmup as given: the rate at step 0 is the warmup's start (0)
+    # when params.warmup_steps is set, else the schedule's own first value.
+    schedule = config.learning_rate_schedule(params)
+    warmup = params.get("warmup_steps", 0)
+    assert schedule.warmup_steps == warmup
+    first = float(schedule(tf.constant(0, tf.int64)))
+    assert (first == 0) == (warmup > 0), first
 
 
 def test_second_warmup_over_auto_config_says_what_to_write_in_the_yaml():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import time
 
 import numpy as np
 import pytest
+import sacrebleu
+import sentencepiece
 import yaml
 
 from conftest import ROOT, tool
@@ -41,8 +44,16 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert set(results["runs"]) == {"noam_ema-seed1"}
     assert set(results["scores"]) == {"noam_ema_avg-seed1"}
-    for score in results["scores"].values():
-        assert 0 <= score["bleu"] <= 100 and 0 <= score["chrf"] <= 100
+    # The scores are sacrebleu's on the predictions decoded (SentencePiece) against the raw references.
+    (spm,) = glob.glob(str(tmp_path / "work" / "**" / "*.model"), recursive=True)
+    processor = sentencepiece.SentencePieceProcessor(model_file=spm)
+    predictions = (tmp_path / "work" / "predictions" / "noam_ema_avg-seed1.sp").read_text().splitlines()
+    hypotheses = [processor.decode(line.split()) for line in predictions]
+    references = (corpus_dir / "test.tgt").read_text().splitlines()[:len(hypotheses)]
+    assert len(hypotheses) == 100
+    assert results["scores"]["noam_ema_avg-seed1"] == {
+        "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
+        "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2)}
     assert set(results["runs"]["noam_ema-seed1"]["dev_loss"]) == {"6"}
     rates = results["runs"]["noam_ema-seed1"]["learning_rate"]  # logged at every step, still warming up
     assert sorted(int(step) for step in rates) == [1, 2, 3, 4, 5, 6]

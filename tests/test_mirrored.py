@@ -1,5 +1,6 @@
 """The moving averages of a real ``opennmt.Runner`` training under MirroredStrategy with two
-CPU replicas: each average against numpy on the run's own training weights."""
+CPU replicas: the training weights the run saves are those of the same run without moving
+average, and each average matches numpy's on them."""
 
 from __future__ import annotations
 
@@ -26,23 +27,31 @@ import onmt_trainkit
 import opennmt
 import yaml
 tf.get_logger().setLevel("INFO")
-config = yaml.safe_load(open(sys.argv[2]))
-model = opennmt.config.load_model_from_file(sys.argv[1], as_builder=True)
-runner = opennmt.Runner(model, config, seed=4)
-runner.train(num_devices=2)
+for path in sys.argv[2:]:
+    config = yaml.safe_load(open(path))
+    model = opennmt.config.load_model_from_file(sys.argv[1], as_builder=True)
+    runner = opennmt.Runner(model, config, seed=4)
+    runner.train(num_devices=2)
 """
 
 
 def test_mirrored_strategy_with_two_devices(tmp_path, corpus, model_file):
-    """A run with two decays, a start step and a period on two replicas: each average against
-    numpy on the run's own training weights."""
+    """A run with two decays, a start step and a period on two replicas, and the same run
+    without moving average: the first saves the second's weights as its training weights, and
+    each of its averages is numpy's average of them."""
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED)
-    run([sys.executable, str(script), model_file, run_config(tmp_path, corpus, "run", max_step=STEPS, **EMA)])
+    run([sys.executable, str(script), model_file, run_config(tmp_path, corpus, "run", max_step=STEPS, **EMA),
+         run_config(tmp_path, corpus, "base", max_step=STEPS)])
     checkpoints = {step: all_tensors(str(tmp_path / "run" / f"ckpt-{step}")) for step in range(1, STEPS + 1)}
     averaged = averaged_names(checkpoints[STEPS])
     assert len(averaged) == 50
-    trajectory = {step: np.concatenate([t[RAW + n].ravel() for n in averaged]) for step, t in checkpoints.items()}
+    trajectory = {}
+    for step, tensors in checkpoints.items():
+        base = all_tensors(str(tmp_path / "base" / f"ckpt-{step}"))
+        for name in averaged:  # the moving average does not change training
+            np.testing.assert_array_equal(tensors[RAW + name], base[name], err_msg=f"{name} at {step}")
+        trajectory[step] = np.concatenate([base[n].ravel() for n in averaged])
     expected = numpy_averages(trajectory, DECAYS, START, EVERY)
     for step, tensors in checkpoints.items():
         for decay, prefix in ((0.45, ""), (0.25, SECOND)):

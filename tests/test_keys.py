@@ -122,27 +122,40 @@ def test_every_key_of_the_table_is_known_and_every_example_is_a_value_it_takes()
                                 "weight_decay_exclude": keys.plugin_key("params.weight_decay_exclude").example})
 
 
+def _warning(path: str, closest: str | None = None) -> str:
+    hint = f" (did you mean {closest}?)" if closest else ""
+    declare = f" (a model of your own that reads it can say so: onmt_trainkit.keys.declare('{path}'))"
+    return (f"unknown key {path}{hint}: neither OpenNMT-tf 2.32 nor onmt-trainkit reads it"
+            + (declare if "." in path else ""))
+
+
 @pytest.mark.parametrize("configuration,expected", [
-    ({"train": {"moving_avrage_decay": 0.9999}},
-     ["unknown key train.moving_avrage_decay (did you mean moving_average_decay?): neither OpenNMT-tf 2.32 nor "
-      "onmt-trainkit reads it"]),
-    ({"params": {"warmup_step": 4000}}, ["unknown key params.warmup_step (did you mean warmup_steps?): neither "
-                                         "OpenNMT-tf 2.32 nor onmt-trainkit reads it"]),
+    ({"train": {"moving_avrage_decay": 0.9999}}, [("train.moving_avrage_decay", "moving_average_decay")]),
+    ({"params": {"warmup_step": 4000}}, [("params.warmup_step", "warmup_steps")]),
     ({"data": {"sorce_vocabulary": "v.txt", "source_1_vocabulary": "a", "target_2_3_tokenization": "b",
-               "vocabulary": "c"}},
-     ["unknown key data.sorce_vocabulary (did you mean source_vocabulary?): neither OpenNMT-tf 2.32 nor "
-      "onmt-trainkit reads it"]),
+               "vocabulary": "c"}}, [("data.sorce_vocabulary", "source_vocabulary")]),
     ({"trian": {"max_step": 5}, "eval": {"scorer": "bleu"}, "infer": {"xyzzy": 1}},
-     ["unknown key trian (did you mean train?): neither OpenNMT-tf 2.32 nor onmt-trainkit reads it",
-      "unknown key eval.scorer (did you mean scorers?): neither OpenNMT-tf 2.32 nor onmt-trainkit reads it",
-      "unknown key infer.xyzzy: neither OpenNMT-tf 2.32 nor onmt-trainkit reads it"]),
+     [("trian", "train"), ("eval.scorer", "scorers"), ("infer.xyzzy", None)]),
     ({"model_dir": "m", "params": {"weight_decay": 0.1, "moving_average_decay": 0.9}, "train": {"max_step": 5}},
-     ["unknown key params.moving_average_decay (did you mean train.moving_average_decay?): neither OpenNMT-tf "
-      "2.32 nor onmt-trainkit reads it"]),
-    ({"train": {"beam_width": 4, "max_stp": 5}},
-     ["unknown key train.beam_width (did you mean params.beam_width?): neither OpenNMT-tf 2.32 nor onmt-trainkit "
-      "reads it",
-      "unknown key train.max_stp (did you mean max_step?): neither OpenNMT-tf 2.32 nor onmt-trainkit reads it"]),
+     [("params.moving_average_decay", "train.moving_average_decay")]),
+    ({"train": {"beam_width": 4, "max_stp": 5}}, [("train.beam_width", "params.beam_width"), ("train.max_stp", "max_step")]),
 ])
 def test_unknown_keys(configuration, expected):
-    assert [unknown.message() for unknown in keys.unknown_keys(configuration)] == expected
+    assert [unknown.message() for unknown in keys.unknown_keys(configuration)] == [_warning(*e) for e in expected]
+    assert _warning("train.x", "y") == ("unknown key train.x (did you mean y?): neither OpenNMT-tf 2.32 nor onmt-trainkit "
+                                        "reads it (a model of your own that reads it can say so: "
+                                        "onmt_trainkit.keys.declare('train.x'))")
+
+
+def test_a_model_declares_its_own_keys():
+    config = {"data": {"my_lexicon": "l.txt"}, "params": {"my_option": 1}}
+    assert [u.path for u in keys.unknown_keys(config)] == ["data.my_lexicon", "params.my_option"]
+    try:
+        keys.declare("data.my_lexicon", "params.my_option")
+        assert list(keys.unknown_keys(config)) == []
+    finally:
+        keys._declared.clear()
+    for bad in ("my_lexicon", "model.x", "data.", "data.a.b"):
+        with pytest.raises(ValueError, match=rf"^onmt_trainkit.keys.declare: '{re.escape(bad)}' must be section.name "
+                                             "with a section of data, params, train, eval, infer, score$"):
+            keys.declare(bad)

@@ -63,12 +63,18 @@ def test_data_then_recipe_then_the_users_file(tmp_path, corpus, model_file):
     process = onmt_main("--model", model_file, "--config", _data(tmp_path, corpus), RECIPE, user, "--seed", "1",
                         "train")
     _check_run(str(tmp_path / "run"))
+    # Averaging builds the optimizer, not the schedule's values: no train.max_step needed.
+    onmt_main("--model", model_file, "--config", _data(tmp_path, corpus), RECIPE, "average_checkpoints",
+              "--output_dir", str(tmp_path / "avg"), "--max_count", "1")
+    assert (tmp_path / "avg" / f"ckpt-{MAX_STEP}.index").exists()
     warnings = [line.split("] ", 1)[-1] for line in process.stderr.splitlines() if "unknown key" in line]
     assert warnings == [
         "onmt-trainkit: unknown key train.moving_average_evry (did you mean moving_average_every?): neither "
-        "OpenNMT-tf 2.32 nor onmt-trainkit reads it",
+        "OpenNMT-tf 2.32 nor onmt-trainkit reads it (a model of your own that reads it can say so: "
+        "onmt_trainkit.keys.declare('train.moving_average_evry'))",
         "onmt-trainkit: unknown key train.save_checkpoint_steps (did you mean save_checkpoints_steps?): neither "
-        "OpenNMT-tf 2.32 nor onmt-trainkit reads it",
+        "OpenNMT-tf 2.32 nor onmt-trainkit reads it (a model of your own that reads it can say so: "
+        "onmt_trainkit.keys.declare('train.save_checkpoint_steps'))",
     ]
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 import demo  # tools/demo.py
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, run, write_yaml
+from onmt_trainkit.cli import plot_schedule_main
 
 # What --help prints it under: the installed command's name, or the script's in a checkout.
 TOOLS = {
@@ -80,3 +81,23 @@ def test_demo_refuses_bad_arguments_in_one_line(tmp_path, args, message):
                   check=False)
     assert (process.returncode, process.stderr) == (2, message)
     assert not out.exists()
+
+
+def test_the_plot_tool_warns_of_a_misspelt_key(tmp_path, capsys):
+    config = write_yaml(tmp_path / "run.yml", {"params": {"learning_rate": 1e-3, "warmup_step": 10}})
+    assert plot_schedule_main(["--config", config, "--max_step", "20", "--csv", str(tmp_path / "lr.csv")]) == 0
+    assert capsys.readouterr().err == (
+        "onmt-trainkit-plot: warning: unknown key params.warmup_step (did you mean warmup_steps?): neither OpenNMT-tf "
+        "2.32 nor onmt-trainkit reads it (a model of your own that reads it can say so: "
+        "onmt_trainkit.keys.declare('params.warmup_step'))\n")
+
+
+@pytest.mark.parametrize("where", ["checkout", "cwd", "root"])
+def test_demo_never_replaces_what_holds_the_checkout_or_the_current_directory(tmp_path, where, monkeypatch):
+    target = {"checkout": os.path.dirname(ROOT), "cwd": str(tmp_path), "root": "/"}[where]
+    (tmp_path / "keep.txt").write_text("kept")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        demo._prepare(os.path.realpath(target), force=True)
+    assert stop.value.code == 2
+    assert (tmp_path / "keep.txt").read_text() == "kept" and os.path.isdir(ROOT)

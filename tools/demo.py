@@ -46,6 +46,10 @@ def _prepare(out: str, force: bool) -> None:
     if os.path.isfile(out):
         _refuse(f"--output_dir {out} is a file; give a directory")
     if os.path.isdir(out) and os.listdir(out):
+        for precious, what in ((os.getcwd(), "the current directory"), (ROOT, "this checkout"),
+                               (os.path.expanduser("~"), "your home directory")):
+            if os.path.commonpath([out, os.path.realpath(precious)]) == out:
+                _refuse(f"--output_dir {out} holds {what}; give a directory of its own, e.g. run/demo")
         if not force and not os.path.exists(os.path.join(out, MARKER)):
             _refuse(f"--output_dir {out} is not empty and was not made by the demo; give another directory, or "
                     "--force to replace everything in it")
@@ -75,7 +79,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.max_step < 10:
         _refuse(f"--max_step must be an integer >= 10, got {args.max_step}")
-    out = os.path.abspath(args.output_dir)
+    out = os.path.realpath(args.output_dir)
     _prepare(out, args.force)
     data = toy_corpus.write_corpus(os.path.join(out, "data"), num_train=5000, num_test=100)
     model_dir = os.path.join(out, "model")

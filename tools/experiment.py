@@ -27,7 +27,7 @@ EXAMPLES = "examples:\n" + "\n".join(line.strip() for line in __doc__.splitlines
 
 def _fail(message: str) -> NoReturn:
     """Refuses: ``message`` on one line of standard error, exit status 2."""
-    sys.stderr.write(f"experiment: error: {message}\n")
+    sys.stderr.write(f"experiment.py: error: {message}\n")
     sys.exit(2)
 
 

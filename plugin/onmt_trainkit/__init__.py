@@ -189,7 +189,7 @@ class _ActivateOnImport:
                     try:
                         execute(module)
                     except ModuleNotFoundError as error:
-                        if (error.name or "").split(".")[0] != "tensorflow":
+                        if error.name != "tensorflow":
                             raise
                         _no_tensorflow(error)
                     owner._activate_when_ready()

@@ -187,7 +187,12 @@ def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
     from onmt_trainkit import plotting
     from onmt_trainkit.errors import ConfigError
 
+    from onmt_trainkit import keys
+
     try:
+        for paths in args.config:
+            for unknown in keys.unknown_keys(plotting.load_config(paths)):
+                sys.stderr.write(f"{parser.prog}: warning: {unknown.message()}\n")
         curves = [plotting.curve_from_files(paths, args.max_step) for paths in args.config]
         if args.csv:
             plotting.write_csv(curves, args.csv, weight_decay=args.weight_decay)

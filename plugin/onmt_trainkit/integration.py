@@ -65,6 +65,9 @@ _MAX_STEP_ATTRIBUTE = "_onmt_trainkit_max_step"
 _TRAIN_ATTRIBUTE = "_onmt_trainkit_train"
 _RESTORED_ATTRIBUTE = "_onmt_trainkit_restored"
 _CHECKED_KEYS_ATTRIBUTE = "_onmt_trainkit_checked_keys"
+_TRAINING_ATTRIBUTE = "_onmt_trainkit_training"
+_LENGTH_OUTSIDE_TRAINING = 2**31 - 1
+"""``train.max_step`` for the schedule of a command other than training, when none is set."""
 _CHECKPOINT_KEY = layout.ROOT
 
 _originals: dict[tuple[Any, str], Any] = {}
@@ -173,7 +176,12 @@ def _refusing_in_one_line(main: Callable[[], Any]) -> Callable[[], Any]:
 
 def _init_model(runner: opennmt.Runner, run_config: dict) -> opennmt.models.Model:
     model = _original(opennmt.Runner, "_init_model")(runner, run_config)
-    setattr(model, _MAX_STEP_ATTRIBUTE, (run_config.get("train") or {}).get("max_step"))
+    max_step = (run_config.get("train") or {}).get("max_step")
+    if max_step is None and not getattr(runner, _TRAINING_ATTRIBUTE, False):
+        # average_checkpoints and update_vocab build the optimizer only for the checkpoint's
+        # structure: a length written max_step needs no train.max_step there.
+        max_step = _LENGTH_OUTSIDE_TRAINING
+    setattr(model, _MAX_STEP_ATTRIBUTE, max_step)
     setattr(model, _TRAIN_ATTRIBUTE, dict(run_config.get("train") or {}))
     return model
 
@@ -196,10 +204,16 @@ def _from_auto_config(runner: opennmt.Runner) -> bool:
     return bool(runner._auto_config) and "decay_type" not in (runner._config.get("params") or {})
 
 
+def _is_first_process() -> bool:
+    """False in a Horovod process of rank > 0 (the others log what rank 0 logs)."""
+    horovod = sys.modules.get("horovod.tensorflow")
+    return horovod is None or not horovod.is_initialized() or horovod.rank() == 0
+
+
 def _warn_unknown_keys(runner: opennmt.Runner) -> None:
     """Warns, once per runner, of each key of the user's configuration that neither OpenNMT-tf
     nor the plugin reads (OpenNMT-tf ignores them silently)."""
-    if getattr(runner, _CHECKED_KEYS_ATTRIBUTE, False):
+    if getattr(runner, _CHECKED_KEYS_ATTRIBUTE, False) or not _is_first_process():
         return
     setattr(runner, _CHECKED_KEYS_ATTRIBUTE, True)
     for unknown in keys.unknown_keys(runner._config):
@@ -213,6 +227,7 @@ def _finalize_config(
     does around OpenNMT-tf's parameters (first the banner, then the features once the
     configuration is final), checking the schedule."""
     original = _original(opennmt.Runner, "_finalize_config")
+    setattr(runner, _TRAINING_ATTRIBUTE, training)
     _warn_unknown_keys(runner)
     if not training:
         return original(runner, training=training, num_replicas=num_replicas, num_devices=num_devices)

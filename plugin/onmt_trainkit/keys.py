@@ -147,7 +147,7 @@ PLUGIN_KEYS: tuple[Key, ...] = (
         "WarmupStableDecay`, instead of `decay_steps`", 0.2,
         "WarmupStableDecay's final decay as a share f of `total_steps`: D = max(1, floor(f T + 1/2)).",
         new=True),
-    Key("train", "max_step", "integer", "none (--auto_config: 500000 for Transformers)", "> 0", 100000,
+    Key("train", "max_step", "integer", "none (--auto_config: 500000 for sequence-to-sequence models)", "> 0", 100000,
         "OpenNMT-tf's length of the run; also resolves the lengths written `max_step`.", new=False,
         bounds={"minimum": 0, "min_inclusive": False, "integer": True}),
     Key("train", "moving_average_decay", "number or list of numbers", "none: off", "each > 0 and < 1, "
@@ -175,11 +175,35 @@ def plugin_key(path: str) -> Key:
     raise KeyError(path)
 
 
+_declared: set[tuple[str, str]] = set()
+"""The keys that :func:`declare` added: (section, name)."""
+
+
+def declare(*paths: str) -> None:
+    """Declares keys that a model of your own reads (``"data.my_lexicon"``,
+    ``"params.my_option"``), so that they are not warned about as unknown. Call it in the
+    model file, beside ``import onmt_trainkit``.
+
+    Raises:
+      ValueError: for a path that is not ``section.name`` with one of :data:`SECTIONS`.
+    """
+    for path in paths:
+        section, _, name = str(path).partition(".")
+        if section not in SECTIONS or not name or "." in name:
+            raise ValueError(
+                f"onmt_trainkit.keys.declare: {path!r} must be section.name with a section of "
+                f"{', '.join(SECTIONS)}"
+            )
+        _declared.add((section, name))
+
+
 def known_keys(section: str) -> frozenset[str]:
-    """The keys of ``section`` that OpenNMT-tf 2.32 or the plugin reads (for ``data``, besides
-    the inputters' prefixed keys, :data:`INPUTTER_KEYS`)."""
+    """The keys of ``section`` that OpenNMT-tf 2.32 or the plugin reads, or that a model
+    declared (:func:`declare`); for ``data``, besides the inputters' prefixed keys,
+    :data:`INPUTTER_KEYS`."""
     plugin = {key.name for key in PLUGIN_KEYS if key.section == section}
-    return OPENNMT_KEYS[section] | plugin
+    declared = {name for declared_section, name in _declared if declared_section == section}
+    return OPENNMT_KEYS[section] | plugin | declared
 
 
 def _candidates(section: str) -> frozenset[str]:
@@ -206,7 +230,11 @@ class UnknownKey:
 
     def message(self) -> str:
         hint = f" (did you mean {self.closest}?)" if self.closest else ""
-        return f"unknown key {self.path}{hint}: neither OpenNMT-tf 2.32 nor onmt-trainkit reads it"
+        declare = (
+            f" (a model of your own that reads it can say so: onmt_trainkit.keys.declare({self.path!r}))"
+            if "." in self.path else ""
+        )
+        return f"unknown key {self.path}{hint}: neither OpenNMT-tf 2.32 nor onmt-trainkit reads it{declare}"
 
 
 def _closest(name: str, section: str | None) -> str | None:

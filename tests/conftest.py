@@ -107,7 +107,8 @@ def _single_example(corpus):
         corpus[f"one_{side}"] = path
 
 
-SLOWEST_FIRST = ("test_training.py", "test_horovod.py", "test_end_to_end.py", "test_quickstart.py", "test_g2p.py",
+SLOWEST_FIRST = ("test_training.py", "test_horovod.py", "test_mixed_precision.py", "test_end_to_end.py",
+                 "test_quickstart.py", "test_g2p.py", "test_recipe_order.py",
                  "test_averaging_weights.py", "test_recipes.py", "test_mirrored.py")
 """The files that take longest (several ``onmt-main`` runs each): started first, so that
 ``pytest -n 3 --dist loadfile`` does not end on one of them while the other workers idle."""

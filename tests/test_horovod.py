@@ -51,8 +51,8 @@ TIME_LIMIT = 300
 """Seconds a launch may take before it is stopped as hung (one takes about a minute on 2 busy cores)."""
 
 DECAY = 0.9
-MAX_STEP = 24
-RESUME_STEP = 12
+MAX_STEP = 16
+RESUME_STEP = 8
 AVERAGED = 3
 EVAL_STEPS = 8
 TENSOR_CONTENT = 4

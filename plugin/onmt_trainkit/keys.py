@@ -105,6 +105,7 @@ class Key:
 
 _NON_NEGATIVE = {"minimum": 0}
 _STEPS = {"minimum": 0, "integer": True}
+_PERIOD = {"minimum": 1, "integer": True}
 
 PLUGIN_KEYS: tuple[Key, ...] = (
     Key("params", "learning_rate", "number", "required", ">= 0", 7.0e-4,
@@ -121,7 +122,7 @@ PLUGIN_KEYS: tuple[Key, ...] = (
     Key("params", "start_decay_steps", "integer", "0", ">= 0", 0,
         "Hold the schedule at S(0) for this many steps after the warmup.", new=False, bounds=_STEPS),
     Key("params", "decay_step_duration", "integer", "1", ">= 1", 1,
-        "Training steps per schedule step.", new=False, bounds={"minimum": 1, "integer": True}),
+        "Training steps per schedule step.", new=False, bounds=_PERIOD),
     Key("params", "minimum_learning_rate", "number", "0", ">= 0", 1.0e-5,
         "The floor, applied after the warmup.", new=False, bounds=_NON_NEGATIVE),
     Key("params", "warmup_steps", "integer", "0", ">= 0; refused in front of a schedule with a warmup "
@@ -147,7 +148,8 @@ PLUGIN_KEYS: tuple[Key, ...] = (
         "WarmupStableDecay`, instead of `decay_steps`", 0.2,
         "WarmupStableDecay's final decay as a share f of `total_steps`: D = max(1, floor(f T + 1/2)).",
         new=True),
-    Key("train", "max_step", "integer", "none (--auto_config: 500000 for sequence-to-sequence models)", "> 0", 100000,
+    Key("train", "max_step", "integer", "none (--auto_config: 500000 for sequence-to-sequence models)", "> 0",
+        100000,
         "OpenNMT-tf's length of the run; also resolves the lengths written `max_step`.", new=False,
         bounds={"minimum": 0, "min_inclusive": False, "integer": True}),
     Key("train", "moving_average_decay", "number or list of numbers", "none: off", "each > 0 and < 1, "
@@ -157,7 +159,7 @@ PLUGIN_KEYS: tuple[Key, ...] = (
     Key("train", "moving_average_start_step", "integer", "0", ">= 0", 0,
         "The step whose update copies the weights into the averages.", new=True, bounds=_STEPS),
     Key("train", "moving_average_every", "integer", "1", ">= 1", 1,
-        "The period of the averages' updates, in steps.", new=True, bounds={"minimum": 1, "integer": True}),
+        "The period of the averages' updates, in steps.", new=True, bounds=_PERIOD),
     Key("train", "moving_average_eval_all", "boolean", "false", "true or false", True,
         "With `--with_eval`, also evaluate the raw weights and every average.", new=True),
     Key("train", "average_last_checkpoints", "integer", "0 (--auto_config: 8 for Transformers)", ">= 0", 8,

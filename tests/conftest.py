@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 import pytest
 import yaml
@@ -63,6 +66,21 @@ def assert_refused(process: subprocess.CompletedProcess, message: str) -> None:
 
 def tool(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, os.path.join(ROOT, "tools", name), *args], check=check)
+
+
+def in_process(main: Callable[[list[str]], int], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs a command-line tool's entry point (``main(argv)``) in this process, without a new
+    interpreter: its exit status, standard output and standard error as a subprocess gives them."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as stop:
+            status = stop.code
+    process = subprocess.CompletedProcess(list(args), status or 0, out.getvalue(), err.getvalue())
+    if check and process.returncode != 0:
+        raise AssertionError(f"{main.__name__} {' '.join(args)} exited {process.returncode}:\n{process.stderr}")
+    return process
 
 
 def write_yaml(path: str, content: dict) -> str:

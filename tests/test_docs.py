@@ -3,6 +3,8 @@ documentation site's build, which fails on a broken link or anchor (``make docs`
 
 from __future__ import annotations
 
+import ast
+import glob
 import os
 import shutil
 import subprocess
@@ -10,6 +12,7 @@ import sys
 
 import pytest
 
+import conftest
 import onmt_trainkit
 from conftest import BIN, ROOT
 
@@ -72,3 +75,14 @@ def test_the_site_builds_and_a_broken_link_fails_it(tmp_path, broken):
 
 def test_python_is_this_environments():
     assert os.path.dirname(sys.executable) == BIN
+
+
+def test_the_onmt_marker_names_existing_tests():
+    """tests/conftest.py marks by name the tests that start OpenNMT-tf processes: every name is one."""
+    names = set()
+    for path in glob.glob(os.path.join(ROOT, "tests", "test_*.py")):
+        with open(path, encoding="utf-8") as source:
+            names |= {node.name for node in ast.walk(ast.parse(source.read())) if isinstance(node, ast.FunctionDef)}
+    assert set(conftest.ONMT_TESTS) <= names, set(conftest.ONMT_TESTS) - names
+    for module in conftest.ONMT_MODULES:
+        assert os.path.exists(os.path.join(ROOT, "tests", module)), module

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 import reference as ref
-from conftest import data_config, onmt_main, tool, write_yaml
+from conftest import data_config, in_process, onmt_main, tool, write_yaml
+from onmt_trainkit.cli import plot_schedule_main
 from onmt_trainkit.events import read_learning_rates, wall_time_spans
 from onmt_trainkit.tensor_bundle import CheckpointReader
 
@@ -85,8 +86,8 @@ def test_plot_tool_gives_what_training_logs(trained, tmp_path):
 def test_plot_tool_overlays_curves_and_refuses_bad_configs(trained, tmp_path):
     other = write_yaml(tmp_path / "other.yml", {"params": {"learning_rate": 0.004}})
     csv_path = tmp_path / "lr.csv"
-    tool("plot_schedule.py", "--config", trained["config"], "--config", trained["config"], other,
-         "--csv", str(csv_path), "--max_step", "100")
+    in_process(plot_schedule_main, "--config", trained["config"], "--config", trained["config"], other,
+               "--csv", str(csv_path), "--max_step", "100")
     with open(csv_path, newline="") as rows:
         table = list(csv.reader(rows))
     assert table[0] == ["step", "config", "config + other"] and len(table) == 102
@@ -97,8 +98,8 @@ def test_plot_tool_overlays_curves_and_refuses_bad_configs(trained, tmp_path):
         (["--config", str(tmp_path / "missing.yml"), "--max_step", "10"], "configuration file"),
         (["--config", trained["config"], "--max_step", "0"], "--max_step must be >= 1, got 0"),
     ):
-        process = tool("plot_schedule.py", *args, "--csv", str(tmp_path / "x.csv"),
-                       "--output", str(tmp_path / "x.png"), check=False)
+        process = in_process(plot_schedule_main, *args, "--csv", str(tmp_path / "x.csv"),
+                             "--output", str(tmp_path / "x.png"), check=False)
         assert process.returncode == 2
         assert process.stderr.strip().splitlines() == [f"onmt-trainkit-plot: error: {process.stderr.strip()[len('onmt-trainkit-plot: error: '):]}"]
         assert message in process.stderr

@@ -16,8 +16,9 @@ import tensorflow as tf
 from opennmt.optimizers.utils import get_optimizer_class
 
 import reference as ref
-from conftest import assert_refused, data_config, onmt_main, run, tool, write_yaml
+from conftest import assert_refused, data_config, in_process, onmt_main, run, write_yaml
 from onmt_trainkit import config, summary, weight_decay
+from onmt_trainkit.cli import plot_schedule_main
 from onmt_trainkit.errors import ConfigError
 from onmt_trainkit.tensor_bundle import CheckpointReader
 from test_end_to_end import tensorboard_scalars
@@ -485,8 +486,8 @@ def test_plot_tool_gives_the_weight_decay_training_logs(decayed_run, tmp_path):
     csv_path = tmp_path / "wd.csv"
     absolute = write_yaml(tmp_path / "absolute.yml", {"params": {"optimizer": "AdamW", "learning_rate": 0.01,
                                                                   "optimizer_params": {"weight_decay": 1e-5}}})
-    tool("plot_schedule.py", "--config", decayed_run["config"], "--config", absolute, "--weight_decay",
-         "--csv", str(csv_path), "--output", str(tmp_path / "wd.png"), "--max_step", str(MAX_STEP))
+    in_process(plot_schedule_main, "--config", decayed_run["config"], "--config", absolute, "--weight_decay",
+               "--csv", str(csv_path), "--output", str(tmp_path / "wd.png"), "--max_step", str(MAX_STEP))
     with open(csv_path, newline="") as rows:
         table = list(csv.reader(rows))
     assert table[0] == ["step", "config", "config weight_decay", "absolute", "absolute weight_decay"]
@@ -502,8 +503,8 @@ def test_plot_tool_gives_the_weight_decay_training_logs(decayed_run, tmp_path):
 def test_plot_tool_refuses_both_keys_and_writes_nothing(tmp_path):
     both = write_yaml(tmp_path / "both.yml", {"params": {"optimizer": "AdamW", "learning_rate": 0.01, "weight_decay": 0.01,
                                                          "optimizer_params": {"weight_decay": 0.01}}})
-    process = tool("plot_schedule.py", "--config", both, "--max_step", "10", "--csv", str(tmp_path / "x.csv"),
-                   "--output", str(tmp_path / "x.png"), check=False)
+    process = in_process(plot_schedule_main, "--config", both, "--max_step", "10", "--csv", str(tmp_path / "x.csv"),
+                         "--output", str(tmp_path / "x.png"), check=False)
     assert process.returncode == 2
     assert process.stderr.startswith("onmt-trainkit-plot: error: params.weight_decay (0.01) and "
                                      "optimizer_params.weight_decay (0.01) are both set; keep one")

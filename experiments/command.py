@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     exit status.
 
     Raises:
-      Refused: for a request that cannot be run, before anything is written.
+      Refused: for a request that cannot be run: its arguments before any data is read, a work
+        directory in use or of other data before anything is trained.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, here and in the runs' logs
 

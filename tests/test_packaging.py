@@ -13,6 +13,7 @@ import zipfile
 
 import pytest
 
+import onmt_trainkit
 from conftest import ROOT, run
 
 HOOK = "onmt_trainkit.pth"
@@ -83,7 +84,7 @@ def test_a_gpu_environment_keeps_its_tensorflow(tmp_path, wheel):
         _stand_in(site, name, version)
     process = _dry_run(environment, wheel, wheel)
     assert process.returncode == 0, process.stderr
-    assert "Would install onmt-trainkit-0.2.0" in process.stdout, process.stdout
+    assert f"Would install onmt-trainkit-{onmt_trainkit.__version__}" in process.stdout, process.stdout
     assert "tensorflow" not in process.stdout.split("Would install", 1)[1].replace("onmt-trainkit", "")
     # The control: the extra [cpu] asks for tensorflow-cpu, which no index offers here.
     process = _dry_run(environment, wheel, f"onmt-trainkit[cpu] @ file://{wheel}")

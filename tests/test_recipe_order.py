@@ -67,7 +67,10 @@ def test_data_then_recipe_then_the_users_file(tmp_path, corpus, model_file):
     onmt_main("--model", model_file, "--config", _data(tmp_path, corpus), RECIPE, "average_checkpoints",
               "--output_dir", str(tmp_path / "avg"), "--max_count", "1")
     assert (tmp_path / "avg" / f"ckpt-{MAX_STEP}.index").exists()
-    warnings = [line.split("] ", 1)[-1] for line in process.stderr.splitlines() if "unknown key" in line]
+    lines = [line.split("] ", 1)[-1] for line in process.stderr.splitlines()]
+    warnings = [line for line in lines if "unknown key" in line]
+    # The log opens with the banner (the plugin is active), then the warnings.
+    assert min(i for i, line in enumerate(lines) if line.startswith("onmt-trainkit ")) < lines.index(warnings[0])
     assert warnings == [
         "onmt-trainkit: unknown key train.moving_average_evry (did you mean moving_average_every?): neither "
         "OpenNMT-tf 2.32 nor onmt-trainkit reads it (a model of your own that reads it can say so: "

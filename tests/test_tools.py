@@ -12,7 +12,7 @@ import demo  # tools/demo.py
 from conftest import BIN, ROOT, run, write_yaml
 from onmt_trainkit.cli import plot_schedule_main
 
-# What --help prints it under: the installed command's name, or the script's in a checkout.
+# What --help prints it under: the installed command's name (the checkout's script too), or the script's.
 TOOLS = {
     os.path.join(ROOT, "tools", "average_checkpoints.py"): "onmt-trainkit-average",
     os.path.join(BIN, "onmt-trainkit-average"): "onmt-trainkit-average",
@@ -97,6 +97,11 @@ def test_demo_never_replaces_what_holds_the_checkout_or_the_current_directory(tm
     target = {"checkout": os.path.dirname(ROOT), "cwd": str(tmp_path), "root": "/"}[where]
     (tmp_path / "keep.txt").write_text("kept")
     monkeypatch.chdir(tmp_path)
+
+    def refuse_to_delete(path, *args, **kwargs):  # should the guard fail, nothing is deleted
+        raise AssertionError(f"the demo would have deleted {path}")
+
+    monkeypatch.setattr(demo.shutil, "rmtree", refuse_to_delete)
     with pytest.raises(SystemExit) as stop:
         demo._prepare(os.path.realpath(target), force=True)
     assert stop.value.code == 2

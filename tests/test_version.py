@@ -85,7 +85,7 @@ def test_explicit_activation_raises(stand_in):
 
 def test_the_supported_version_is_accepted():
     assert onmt_trainkit.version_message("2.32.0") is None
-    assert onmt_trainkit.version_message("2.31.0").startswith("onmt-trainkit 0.2.0 supports OpenNMT-tf 2.32.x only")
+    assert onmt_trainkit.version_message("2.31.0").startswith(f"onmt-trainkit {onmt_trainkit.__version__} supports OpenNMT-tf 2.32.x only")
 
 
 @pytest.fixture(scope="module")

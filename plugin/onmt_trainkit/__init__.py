@@ -140,6 +140,7 @@ def _refuse_main(module: object, message: str) -> None:
 def deactivate() -> None:
     """Restores stock OpenNMT-tf. :func:`activate` turns the plugin on again."""
     _ActivateOnImport.uninstall()
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _RefuseMainOnImport)]
     if "onmt_trainkit.integration" in sys.modules:
         sys.modules["onmt_trainkit.integration"].deactivate()
 

@@ -220,7 +220,7 @@ def _check(section: Mapping[str, Any], path: str) -> Any:
     returns it (an integral float as ``int``), or ``None`` when it is not set."""
     key = keys.plugin_key(path)
     value = section.get(key.name)
-    return None if value is None else check_number(key.path, value, **key.bounds)
+    return None if value is None else check_number(key.path, value, **(key.bounds or {}))
 
 
 def _check_params(params: dict[str, Any]) -> None:

@@ -178,8 +178,9 @@ def _init_model(runner: opennmt.Runner, run_config: dict) -> opennmt.models.Mode
     model = _original(opennmt.Runner, "_init_model")(runner, run_config)
     max_step = (run_config.get("train") or {}).get("max_step")
     if max_step is None and not getattr(runner, _TRAINING_ATTRIBUTE, False):
-        # average_checkpoints and update_vocab build the optimizer only for the checkpoint's
-        # structure: a length written max_step needs no train.max_step there.
+        # Outside training (average_checkpoints and update_vocab build the optimizer) the
+        # schedule only gives the checkpoint its structure: a length written max_step needs no
+        # train.max_step there.
         max_step = _LENGTH_OUTSIDE_TRAINING
     setattr(model, _MAX_STEP_ATTRIBUTE, max_step)
     setattr(model, _TRAIN_ATTRIBUTE, dict(run_config.get("train") or {}))
@@ -228,11 +229,12 @@ def _finalize_config(
     configuration is final), checking the schedule."""
     original = _original(opennmt.Runner, "_finalize_config")
     setattr(runner, _TRAINING_ATTRIBUTE, training)
-    _warn_unknown_keys(runner)
     if not training:
+        _warn_unknown_keys(runner)
         return original(runner, training=training, num_replicas=num_replicas, num_devices=num_devices)
     logger = tf.get_logger()
     logger.info(summary.banner())
+    _warn_unknown_keys(runner)
     auto_config = _from_auto_config(runner)
     token = _schedule_from_auto_config.set(auto_config)
     try:
@@ -348,10 +350,10 @@ class _MovingAverageTrainer:
         train["moving_average_decay"] = moving_average_decay
         settings = config.moving_average_settings(train)
         if settings is None and self.is_master:
-            keys = [key for key in config.MOVING_AVERAGE_KEYS if train.get(key) is not None]
-            if keys:
+            unused = [key for key in config.MOVING_AVERAGE_KEYS if train.get(key) is not None]
+            if unused:
                 tf.get_logger().warning(
-                    f"Moving average: train.{keys[0]} has no effect without train.moving_average_decay"
+                    f"Moving average: train.{unused[0]} has no effect without train.moving_average_decay"
                 )
         if self.is_master:
             self._start_moving_average(settings, evaluator)

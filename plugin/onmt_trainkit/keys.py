@@ -147,7 +147,7 @@ PLUGIN_KEYS: tuple[Key, ...] = (
     Key("params.decay_params", "decay_fraction", "number", "none", "> 0 and <= 1; with `decay_type: "
         "WarmupStableDecay`, instead of `decay_steps`", 0.2,
         "WarmupStableDecay's final decay as a share f of `total_steps`: D = max(1, floor(f T + 1/2)).",
-        new=True),
+        new=True, bounds={"minimum": 0, "min_inclusive": False, "maximum": 1}),
     Key("train", "max_step", "integer", "none (--auto_config: 500000 for sequence-to-sequence models)", "> 0",
         100000,
         "OpenNMT-tf's length of the run; also resolves the lengths written `max_step`.", new=False,

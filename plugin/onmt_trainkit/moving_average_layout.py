@@ -103,8 +103,8 @@ def num_updates_name(decay: float) -> str:
 
 
 def old_weight_name(index: int) -> str:
-    """The name of the training weights of the ``index``-th trainable variable, onmt-trainkit
-    the layout before 0.2.0."""
+    """The name of the training weights of the ``index``-th trainable variable, in the layout
+    written before onmt-trainkit 0.2.0."""
     return f"{_OLD_WEIGHTS}{index}{VALUE_SUFFIX}"
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import opennmt
 import tensorflow as tf
 
+from onmt_trainkit import keys
 from onmt_trainkit.errors import ConfigError, check_number, unknown_name
 
 _Schedule = tf.keras.optimizers.schedules.LearningRateSchedule
@@ -150,9 +151,8 @@ class WarmupStableDecay(_Schedule):
                 "are both set; give one (decay_fraction: the decay's share of total_steps)"
             )
         if decay_fraction is not None:
-            self.decay_fraction = check_number(
-                "decay_fraction", decay_fraction, minimum=0, min_inclusive=False, maximum=1
-            )
+            bounds = keys.plugin_key("params.decay_params.decay_fraction").bounds
+            self.decay_fraction = check_number("decay_fraction", decay_fraction, **bounds)
             self.decay_steps = max(1, math.floor(self.decay_fraction * self.total_steps + 0.5))
         elif decay_steps is not None:
             self.decay_fraction = None

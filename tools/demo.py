@@ -18,6 +18,7 @@ from typing import NoReturn
 
 import toy_corpus  # tools/toy_corpus.py, beside this script
 import yaml
+from onmt_trainkit.cli import OneLineParser, fail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FILE = os.path.join(ROOT, "configs", "models", "tiny_transformer.py")
@@ -36,8 +37,7 @@ MARKER = ".onmt-trainkit-demo"
 
 
 def _refuse(message: str) -> NoReturn:
-    sys.stderr.write(f"demo.py: error: {message}\n")
-    sys.exit(2)
+    fail("demo.py", message)
 
 
 def _prepare(out: str, force: bool) -> None:
@@ -58,15 +58,8 @@ def _prepare(out: str, force: bool) -> None:
     open(os.path.join(out, MARKER), "w", encoding="utf-8").close()
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        _refuse(message)
-
-
 def main() -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="demo.py", description=__doc__.splitlines()[0],
         epilog="examples:\n  make demo\n  python tools/demo.py --output_dir run/demo2 --max_step 500",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,24 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+
+from onmt_trainkit.cli import OneLineParser, fail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("translation", "g2p")
 EXAMPLES = "examples:\n" + "\n".join(line.strip() for line in __doc__.splitlines()[2:] if line.strip())
-
-
-def _fail(message: str) -> NoReturn:
-    """Refuses: ``message`` on one line of standard error, exit status 2."""
-    sys.stderr.write(f"experiment.py: error: {message}\n")
-    sys.exit(2)
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit status 2, as the other refusals."""
-
-    def error(self, message: str) -> NoReturn:
-        _fail(message)
 
 
 def _positive(text: str) -> int:
@@ -77,8 +65,8 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (it needs neither numpy nor TensorFlow, so --help is quick)."""
-    parser = _Parser(prog="experiment.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="experiment.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(TASKS), default="translation",
                         help="translation (default): German-English example sentences or --corpus; g2p: "
                         "grapheme-to-phoneme conversion on the CMU Pronouncing Dictionary.")
@@ -118,7 +106,7 @@ def main() -> int:
     try:
         return command.run(args)
     except command.Refused as error:
-        _fail(str(error))
+        fail("experiment.py", str(error))
 
 
 if __name__ == "__main__":

@@ -33,14 +33,16 @@ PLOT_EXAMPLES = """examples:
   onmt-trainkit-plot --config a.yml --config b.yml --max_step 60000 --output ab.png --weight_decay"""
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit status 2."""
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2 (:func:`fail`); the
+    scripts of ``tools/`` use it too."""
 
     def error(self, message: str) -> NoReturn:
-        _fail(self.prog, message)
+        fail(self.prog, message)
 
 
-def _fail(prog: str, message: str) -> NoReturn:
+def fail(prog: str, message: str) -> NoReturn:
+    """Refuses: ``<prog>: error: <message>`` on standard error, exit status 2."""
     sys.stderr.write(f"{prog}: error: {message}\n")
     sys.exit(2)
 
@@ -61,7 +63,7 @@ def _human(size: float) -> str:
 
 def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
     """``onmt-trainkit-average`` / ``tools/average_checkpoints.py``."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="onmt-trainkit-average",
         description="Average the checkpoints of an OpenNMT-tf model directory into a new one "
                     "(also python tools/average_checkpoints.py in a checkout).",
@@ -140,7 +142,7 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
             weights=args.weights,
         )
     except (averaging.AveragingError, averaging.OutputError, averaging.CheckpointError, OSError) as error:
-        _fail(parser.prog, one_line(error))
+        fail(parser.prog, one_line(error))
     for note in result.notes:
         print(note)
     if result.metric is not None:
@@ -158,7 +160,7 @@ def average_checkpoints_main(argv: Sequence[str] | None = None) -> int:
 
 def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
     """``onmt-trainkit-plot`` / ``tools/plot_schedule.py``."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="onmt-trainkit-plot",
         description="Plot the learning rate that onmt-main train would use, step by step "
                     "(also python tools/plot_schedule.py in a checkout).",
@@ -184,10 +186,8 @@ def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max_step must be >= 1, got {args.max_step}")
 
     _quiet_tensorflow()
-    from onmt_trainkit import plotting
+    from onmt_trainkit import keys, plotting
     from onmt_trainkit.errors import ConfigError
-
-    from onmt_trainkit import keys
 
     try:
         for paths in args.config:
@@ -199,7 +199,7 @@ def plot_schedule_main(argv: Sequence[str] | None = None) -> int:
         if args.output:
             plotting.plot(curves, args.output, weight_decay=args.weight_decay)
     except (ConfigError, OSError, ValueError) as error:
-        _fail(parser.prog, str(error).splitlines()[0])
+        fail(parser.prog, str(error).splitlines()[0])
     for path in (args.csv, args.output):
         if path:
             print(f"wrote {os.path.abspath(path)}")
